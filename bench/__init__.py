@@ -1,0 +1,1 @@
+"""The benchmark suite: bench/run (see docs/performance.md)."""

@@ -1,0 +1,133 @@
+"""The composition root: ``create_app(settings)`` wires every part; hypercorn serves ``app``.
+
+``app`` is built from the environment when this module is imported (hypercorn looks it up in the
+module's namespace, so it cannot be lazy); tests and embedders call ``create_app`` instead.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from litestar import Litestar, MediaType, Request, Response, get
+from litestar.datastructures import State
+from litestar.logging import LoggingConfig
+from litestar.response import File
+from litestar.static_files import create_static_files_router
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from broadcast import __version__, logs
+from broadcast.api import create_api_router
+from broadcast.broker import Broker, create_backends
+from broadcast.identity import Identity
+from broadcast.limits import AddressLimit
+from broadcast.metrics import Metrics
+from broadcast.presence import Presence
+from broadcast.publish import create_publish_router, publish_tokens
+from broadcast.settings import ConfigError, Settings, load_settings, redact_url
+from broadcast.transports.socketio import SocketIOTransport
+from broadcast.transports.sse import SSETransport
+
+logger = logging.getLogger("broadcast")
+
+
+def static_directory() -> Path:
+    """The page's files: inside the package when installed from a wheel, else the checkout's."""
+    packaged = Path(__file__).parent / "static"
+    if packaged.is_dir():
+        return packaged
+    checkout = Path(__file__).resolve().parents[2] / "static"
+    if checkout.is_dir():
+        return checkout
+    raise RuntimeError(f"static files not found in {packaged} or {checkout}")
+
+
+def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """A bug: log it with its traceback, and answer the usual JSON error without details."""
+    logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return Response(
+        {"status_code": 500, "detail": "Internal Server Error"},
+        status_code=HTTP_500_INTERNAL_SERVER_ERROR,
+    )
+
+
+def create_app(settings: Settings) -> Litestar:
+    logs.configure(settings.log_level, settings.log_format)
+    metrics = Metrics()
+    backend, presence_backend = create_backends(settings)
+    broker = Broker(backend, metrics)
+    presence = Presence(
+        broker,
+        presence_backend,
+        settings.count_conflation_ms / 1000,
+        settings.count_max_frames_per_second,
+        metrics,
+    )
+    identity = Identity(settings.jwt_secret, settings.identity_required)
+    addresses = AddressLimit(settings.max_connections_per_address)
+    socketio_transport = SocketIOTransport(settings, broker, presence, identity, addresses)
+    sse_transport = SSETransport(settings, broker, presence, identity, addresses)
+    tokens = publish_tokens(settings)
+    static = static_directory()
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await broker.start()
+        await presence.start()
+        await socketio_transport.start()
+        # Fan-out allocates many short-lived objects per delivery; CPython's default collector
+        # thresholds (700) then run a collection every few hundred deliveries, mostly over
+        # long-lived state. Freeze what startup made and collect the young generation less often.
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
+        logger.info("broadcast %s serving; broker %s", __version__, redact_url(settings.broker_url))
+        try:
+            yield
+        finally:
+            await socketio_transport.stop()
+            await presence.stop()
+            await broker.stop()
+
+    async def drain() -> None:
+        """Close every connection now, telling clients to come back (``broadcast serve`` calls
+        this on SIGTERM, before hypercorn's graceful wait, which then has nothing to wait for)."""
+        broker.hub.close_all("server shutting down")
+        await socketio_transport.close_all()
+
+    @get("/", media_type=MediaType.HTML, include_in_schema=False)
+    async def index() -> File:
+        return File(static / "index.html", content_disposition_type="inline")
+
+    return Litestar(
+        route_handlers=[
+            index,
+            create_static_files_router(path="/static", directories=[static]),
+            create_api_router(broker, presence, urlsplit(settings.broker_url).scheme),
+            create_publish_router(settings, broker, tokens),
+            sse_transport.route_handler(),
+            socketio_transport.route_handler(),
+        ],
+        lifespan=[lifespan],
+        # Litestar's default logging config adds a root handler, which prints every hypercorn
+        # line twice; unexpected errors are logged by `internal_error` instead.
+        logging_config=LoggingConfig(configure_root_logger=False),
+        exception_handlers={HTTP_500_INTERNAL_SERVER_ERROR: internal_error},
+        state=State({"drain": drain}),
+    )
+
+
+def app_from_environment() -> Litestar:
+    """The app configured from ``BROADCAST_*`` variables; a bad value exits with its message."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise SystemExit(f"broadcast: {exc}") from None
+    return create_app(settings)
+
+
+app = app_from_environment()

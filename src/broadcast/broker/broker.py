@@ -1,0 +1,90 @@
+"""The broker: a backend that crosses processes, feeding the hub that fans out in this one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+
+from broadcast.broker.base import Backend, BrokerUnavailable, History
+from broadcast.broker.hub import Hub, Overflow, Subscriber
+from broadcast.events import Event
+from broadcast.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHANNEL = "global"
+"""The channel every client listens to."""
+
+
+class Broker:
+    def __init__(self, backend: Backend, metrics: Metrics | None = None) -> None:
+        self.backend = backend
+        self.hub = Hub()
+        self.metrics = metrics or Metrics()
+        # Announcements made from synchronous code (joins, leaves) wait here and are published
+        # in order by one task, so a client's "joined" never overtakes its "left".
+        self._outbox: deque[tuple[str, Event]] = deque()
+        self._outbox_ready = asyncio.Event()
+        self._outbox_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.backend.start(self._received)
+        self._outbox_task = asyncio.create_task(self._send_outbox(), name="broker-outbox")
+
+    async def stop(self, reason: str = "server shutting down") -> None:
+        self.hub.close_all(reason)
+        if self._outbox_task is not None:
+            self._outbox_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._outbox_task
+        await self.backend.stop()
+
+    def _received(self, channel: str, event: Event) -> None:
+        self.metrics.received.inc()
+        self.hub.dispatch(channel, event)
+
+    async def publish(self, event: Event, channel: str = DEFAULT_CHANNEL) -> str:
+        """Deliver ``event`` to every subscriber of ``channel`` on every process; its id."""
+        return await self.backend.publish(channel, event)
+
+    async def history(self, after: int, channel: str = DEFAULT_CHANNEL) -> History:
+        """The events of ``channel`` after id ``after`` that are still held."""
+        return await self.backend.history(channel, after)
+
+    def publish_soon(self, event: Event, channel: str = DEFAULT_CHANNEL) -> None:
+        """``publish`` from code that cannot wait; events go out in the order given."""
+        self._outbox.append((channel, event))
+        self._outbox_ready.set()
+
+    def publish_local(self, event: Event, channel: str = DEFAULT_CHANNEL) -> None:
+        """Deliver ``event`` to this process's subscribers only (state each node computes
+        itself, such as ``user count``)."""
+        self.hub.dispatch(channel, event)
+
+    def subscribe(
+        self,
+        max_backlog: int,
+        overflow: Overflow = Overflow.CLOSE,
+        channel: str = DEFAULT_CHANNEL,
+    ) -> Subscriber:
+        return self.hub.subscribe(channel, max_backlog, overflow)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self.hub.unsubscribe(subscriber)
+
+    async def _send_outbox(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            while self._outbox:
+                channel, event = self._outbox.popleft()
+                try:
+                    await self.backend.publish(channel, event)
+                except BrokerUnavailable as exc:
+                    # The other nodes cannot hear it now; this node's clients still do.
+                    logger.warning("%r reached this node only: %s", event.name, exc)
+                    self.hub.dispatch(channel, event)
+                except Exception:
+                    logger.exception("could not publish %r", event.name)

@@ -1,0 +1,118 @@
+"""In-process fan-out: subscribers with bounded queues.
+
+Deliberate choices:
+- ``dispatch`` is synchronous and never blocks: it appends to each subscriber's queue and wakes
+  its consumer, so one slow consumer cannot delay the others.
+- A full queue does not grow (encode/broadcaster's unbounded queue grows without limit behind a
+  frozen client): by default the subscriber is closed with a reason and its transport disconnects
+  the client, as Centrifugo does. A transport-wide subscriber that must never be closed can ask
+  to drop its oldest events instead (Litestar's ``dropleft``).
+- Consumers take everything queued at once (``next_batch``), so a burst costs one write per
+  client, not one per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from enum import Enum
+
+from broadcast.events import Event
+
+
+class Overflow(Enum):
+    CLOSE = "close"
+    DROP_OLDEST = "drop_oldest"
+
+
+class SubscriberClosed(Exception):
+    """The subscriber was closed; ``reason`` says why (slow consumer, shutdown)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Subscriber:
+    """A bounded queue of events for one consumer (one SSE client, or one whole transport)."""
+
+    def __init__(self, channel: str, max_backlog: int, overflow: Overflow) -> None:
+        self.channel = channel
+        self.max_backlog = max_backlog
+        self.overflow = overflow
+        self.backlog: deque[Event] = deque()
+        self.dropped = 0
+        self.closed_reason: str | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def offer(self, event: Event) -> None:
+        """Queue ``event`` without blocking; apply the overflow policy when the queue is full."""
+        if self.closed_reason is not None:
+            return
+        if len(self.backlog) >= self.max_backlog:
+            if self.overflow is Overflow.CLOSE:
+                self.close(f"too slow: {self.max_backlog} events waiting to be sent")
+                return
+            self.backlog.popleft()
+            self.dropped += 1
+        self.backlog.append(event)
+        self._wake()
+
+    def close(self, reason: str) -> None:
+        """Stop this subscriber: its consumer gets ``SubscriberClosed(reason)`` at once."""
+        if self.closed_reason is None:
+            self.closed_reason = reason
+            self.backlog.clear()
+            self._wake()
+
+    async def next_batch(self) -> list[Event]:
+        """Wait for at least one event and return every event queued, oldest first."""
+        while not self.backlog:
+            if self.closed_reason is not None:
+                raise SubscriberClosed(self.closed_reason)
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self.closed_reason is not None:
+            raise SubscriberClosed(self.closed_reason)
+        batch = list(self.backlog)
+        self.backlog.clear()
+        return batch
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class Hub:
+    """The subscribers of this process, by channel."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, set[Subscriber]] = {}
+
+    def subscribe(
+        self, channel: str, max_backlog: int, overflow: Overflow = Overflow.CLOSE
+    ) -> Subscriber:
+        subscriber = Subscriber(channel, max_backlog, overflow)
+        self._channels.setdefault(channel, set()).add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        subscribers = self._channels.get(subscriber.channel)
+        if subscribers is not None:
+            subscribers.discard(subscriber)
+            if not subscribers:
+                del self._channels[subscriber.channel]
+
+    def dispatch(self, channel: str, event: Event) -> None:
+        """Hand ``event`` to every subscriber of ``channel`` (never blocks)."""
+        # offer() never unsubscribes, so the set cannot change while we iterate.
+        for subscriber in self._channels.get(channel, ()):
+            subscriber.offer(event)
+
+    def close_all(self, reason: str) -> None:
+        for subscribers in self._channels.values():
+            for subscriber in subscribers:
+                subscriber.close(reason)

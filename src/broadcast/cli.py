@@ -1,0 +1,164 @@
+"""The ``broadcast`` command.
+
+``broadcast serve`` runs hypercorn with this app (this is the only module that imports
+hypercorn); ``broadcast publish`` publishes one event over HTTP, for scripts (standard library
+only, so it works wherever the package is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from hypercorn.run import run
+
+from broadcast.settings import ConfigError, load_settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        load_settings()  # fail fast, in this process, before hypercorn starts any worker
+    except ConfigError as exc:
+        print(f"broadcast: {exc}", file=sys.stderr)
+        return 2
+    config = Config()
+    config.application_path = "broadcast.app:app"
+    config.bind = args.bind or [f"{args.host}:{args.port}"]
+    config.workers = args.workers
+    config.accesslog = "-" if args.access_log else None
+    config.errorlog = "-"
+    if args.workers > 1:
+        # Several processes: hypercorn's own supervisor (each worker waits out its graceful
+        # timeout on SIGTERM).
+        return run(config)
+    _run_event_loop(_serve_one_process(config))
+    return 0
+
+
+def _run_event_loop(main: Any) -> None:
+    try:
+        import uvloop  # the faster event loop, when installed
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+async def _serve_one_process(config: Config) -> None:
+    """hypercorn in this process, with a prompt shutdown: on SIGTERM or Ctrl-C, first drain the
+    app (SSE streams end with a retry hint, Socket.IO transports close so clients reconnect),
+    then let hypercorn stop, which then has nothing left to wait for."""
+    from broadcast.app import app
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stop.set)
+
+    async def drain_then_stop() -> None:
+        await stop.wait()
+        logging.getLogger("broadcast").info("shutting down: draining connections")
+        with contextlib.suppress(Exception):
+            await app.state.drain()
+
+    await serve(app, config, shutdown_trigger=drain_then_stop)  # type: ignore[arg-type]
+
+
+def _publish(args: argparse.Namespace) -> int:
+    token = args.token or os.environ.get("BROADCAST_PUBLISH_TOKEN", "").split(",")[0].strip()
+    if not token:
+        return _fail("no token: pass --token or set BROADCAST_PUBLISH_TOKEN")
+    raw = sys.stdin.read() if args.data == "-" else args.data
+    try:
+        data: Any = None if raw is None else json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return _fail(f"DATA is not valid JSON ({exc}); quote a string as JSON, e.g. '\"hello\"'")
+    body = json.dumps({"event": args.event, "data": data}).encode()
+    request = urllib.request.Request(
+        args.url.rstrip("/") + "/publish",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            print(json.load(response)["id"])
+            return 0
+    except urllib.error.HTTPError as exc:
+        return _fail(f"the server refused the event: {exc.code} {_detail(exc)}")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return _fail(f"could not reach {args.url}: {reason}")
+
+
+def _detail(error: urllib.error.HTTPError) -> str:
+    try:
+        body = json.load(error)
+    except ValueError:
+        return error.reason
+    detail = body.get("detail", error.reason) if isinstance(body, dict) else error.reason
+    extra = body.get("extra") if isinstance(body, dict) else None
+    if isinstance(extra, list):
+        detail += "".join(f"; {item.get('message')}" for item in extra if isinstance(item, dict))
+    return str(detail)
+
+
+def _fail(message: str) -> int:
+    print(f"broadcast: {message}", file=sys.stderr)
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="broadcast", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the app with hypercorn")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--bind",
+        action="append",
+        metavar="ADDRESS",
+        help="hypercorn bind address instead of --host/--port (HOST:PORT, unix:PATH, fd://N); "
+        "may be repeated",
+    )
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(handler=_serve)
+
+    publish = commands.add_parser(
+        "publish",
+        help="publish one event to every client",
+        description="Publish EVENT with DATA (JSON; '-' reads it from standard input) and print "
+        "the event's id.",
+    )
+    publish.add_argument("event", metavar="EVENT")
+    publish.add_argument("data", metavar="DATA", nargs="?", help="JSON (default: null)")
+    publish.add_argument("--url", default="http://127.0.0.1:8000", help="the server")
+    publish.add_argument(
+        "--token", help="bearer token (default: the first of $BROADCAST_PUBLISH_TOKEN)"
+    )
+    publish.add_argument("--timeout", type=float, default=10.0, help="seconds")
+    publish.set_defaults(handler=_publish)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    exit_code: int = args.handler(args)
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Prometheus metrics (prometheus_client), on a registry of this app's own (no global state).
+
+Counters are bumped where things happen (presence, hub, transports, publish API); gauges that
+describe current state are read at scrape time from their owners, so they can never drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.connections = Gauge(
+            "broadcast_connections",
+            "Clients connected to this node, by transport",
+            ["transport"],
+            registry=registry,
+        )
+        self.users = Gauge(
+            "broadcast_users",
+            "Users connected to every node (what `user count` carries)",
+            registry=registry,
+        )
+        self.joins = Counter(
+            "broadcast_joins",
+            "Clients that connected, by transport",
+            ["transport"],
+            registry=registry,
+        )
+        self.leaves = Counter(
+            "broadcast_leaves",
+            "Clients that disconnected, by transport",
+            ["transport"],
+            registry=registry,
+        )
+        self.published = Counter(
+            "broadcast_events_published",
+            "Events published from this node (HTTP publish, chat)",
+            ["source"],
+            registry=registry,
+        )
+        self.received = Counter(
+            "broadcast_events_received",
+            "Events this node received from the broker, each fanned out to its clients",
+            registry=registry,
+        )
+        self.delivered = Counter(
+            "broadcast_frames_delivered",
+            "Event frames queued to clients, by transport",
+            ["transport"],
+            registry=registry,
+        )
+        self.replayed = Counter(
+            "broadcast_events_replayed",
+            "Events replayed to clients that reconnected with the last id they saw",
+            registry=registry,
+        )
+        self.evicted = Counter(
+            "broadcast_clients_evicted",
+            "Clients disconnected by the server, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.refused = Counter(
+            "broadcast_client_events_refused",
+            "Client events and connections refused, by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self.broker_up = Gauge(
+            "broadcast_broker_up",
+            "1 when the broker can deliver (the backend and presence reachable), else 0",
+            registry=registry,
+        )
+        self.publish_seconds = Histogram(
+            "broadcast_publish_seconds",
+            "Time to hand a published event to the broker",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=registry,
+        )
+
+    def watch(
+        self,
+        connections: Callable[[str], int],
+        transports: tuple[str, ...],
+        users: Callable[[], int],
+        broker_up: Callable[[], bool],
+    ) -> None:
+        """Read the current state from its owners at each scrape."""
+        for transport in transports:
+            self.connections.labels(transport).set_function(_bind(connections, transport))
+        self.users.set_function(users)
+        self.broker_up.set_function(lambda: 1.0 if broker_up() else 0.0)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _bind(read: Callable[[str], int], transport: str) -> Callable[[], float]:
+    return lambda: float(read(transport))

@@ -1,0 +1,1 @@
+"""One module per transport; each only moves events between the broker and its clients."""

@@ -1,0 +1,184 @@
+"""Server-Sent Events at ``GET /events`` (sse-starlette).
+
+Each SSE client is one hub subscriber with a bounded queue; everything queued is written in one
+chunk, as the frames each event encoded once. The stream opens with a ``retry:`` hint and the
+current ``user count``. sse-starlette notices a client that went away (``http.disconnect``) and
+cancels the stream, whose ``finally`` takes the client out of the count. Its own shutdown
+detection only hooks uvicorn; hypercorn cancels open streams after its graceful timeout (the
+``finally`` runs then too), and only then runs the lifespan shutdown.
+
+Other origins may read the stream only when ``BROADCAST_CORS_ORIGINS`` lists them; a request from
+an origin that is not allowed is refused (403) rather than streamed to a page that cannot read it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from litestar import Request, get
+from litestar.exceptions import (
+    ClientException,
+    PermissionDeniedException,
+    TooManyRequestsException,
+)
+from litestar.handlers import HTTPRouteHandler
+from litestar.params import Parameter
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from broadcast.broker import Broker, BrokerUnavailable, History, SubscriberClosed
+from broadcast.events import GAP, Event
+from broadcast.identity import Identity
+from broadcast.limits import AddressLimit
+from broadcast.presence import Presence
+from broadcast.settings import Settings
+from broadcast.users import Refused
+
+logger = logging.getLogger(__name__)
+
+TRANSPORT = "sse"
+
+
+class SSETransport:
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        presence: Presence,
+        identity: Identity,
+        addresses: AddressLimit,
+    ) -> None:
+        self._settings = settings
+        self._broker = broker
+        self._presence = presence
+        self._identity = identity
+        self._addresses = addresses
+        self._retry_frame = ServerSentEvent(retry=settings.sse_retry_ms, sep="\n").encode()
+        self._delivered = broker.metrics.delivered.labels(TRANSPORT)
+
+    def route_handler(self) -> HTTPRouteHandler:
+        @get(
+            "/events",
+            summary="Subscribe to every event as Server-Sent Events",
+            description="`user count` first, then every event. `username` names the client "
+            "(announced to everyone with the `user` event); without it the client is anonymous. "
+            "With BROADCAST_JWT_SECRET set, `token` (an HS256 JWT) gives the name instead.",
+            tags=["events"],
+        )
+        async def events(
+            request: Request[Any, Any, Any],
+            username: str | None = None,
+            token: str | None = None,
+            last_event_id: str | None = Parameter(query="lastEventId", default=None),
+        ) -> EventSourceResponse:
+            headers = {
+                # Proxies must not buffer or cache a live stream (nginx reads X-Accel-Buffering).
+                "X-Accel-Buffering": "no",
+                "Cache-Control": "no-store",
+                **self._cors_headers(request),
+            }
+            address = request.client.host if request.client else ""
+            if not self._addresses.allows(address):
+                # Checked here, counted while the stream runs (below): a request that never
+                # streams can never hold a slot.
+                self._broker.metrics.refused.labels("connect").inc()
+                raise TooManyRequestsException(detail=self._addresses.refusal(address))
+            try:
+                name = self._identity.username(username, token)
+            except Refused as refused:
+                self._broker.metrics.refused.labels("connect").inc()
+                raise ClientException(detail=str(refused)) from None
+            # EventSource sends Last-Event-ID by itself when it reconnects; the query parameter
+            # is for clients that cannot set headers.
+            resume_from = request.headers.get("last-event-id") or last_event_id
+            return EventSourceResponse(
+                self._stream(name, resume_from, address),
+                ping=self._settings.sse_ping_seconds,
+                # A client that stops reading blocks the write once its TCP buffers are full;
+                # the timeout cuts it off then, and the stream's `finally` takes it out.
+                send_timeout=self._settings.sse_send_timeout_seconds,
+                sep="\n",
+                headers=headers,
+            )
+
+        return events
+
+    async def _missed_since(self, resume_from: str) -> tuple[bytes, int]:
+        """The frames a reconnecting client missed (a ``gap`` notice first when some are no
+        longer held), and the id of the last one."""
+        after = int(resume_from) if resume_from.isdigit() else -1
+        try:
+            history = await self._broker.history(max(after, 0))
+        except BrokerUnavailable as exc:
+            logger.info("cannot replay to a reconnecting SSE client: %s", exc)
+            history = History([], False, None, 0)
+        if after > history.last_id:
+            after = -1  # an id from before a restart (of an in-process broker): unknown here
+        frames = b""
+        if after < 0 or not history.complete:
+            gap = {"lastEventId": resume_from, "oldestEventId": history.oldest_id}
+            frames += Event(GAP, gap).sse_frame
+        events = history.events if after >= 0 else []
+        self._broker.metrics.replayed.inc(len(events))
+        frames += b"".join(event.sse_frame for event in events)
+        return frames, int(events[-1].id or 0) if events else max(after, 0)
+
+    def _cors_headers(self, request: Request[Any, Any, Any]) -> dict[str, str]:
+        origin = request.headers.get("origin")
+        if origin is None or urlsplit(origin).netloc == request.headers.get("host"):
+            return {}
+        allowed = self._settings.cors_origins
+        if "*" in allowed:
+            return {"Access-Control-Allow-Origin": "*"}
+        if origin in allowed:
+            return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        raise PermissionDeniedException(
+            detail=f"origin {origin!r} is not allowed; see BROADCAST_CORS_ORIGINS"
+        )
+
+    async def _stream(
+        self, username: str | None, resume_from: str | None, address: str
+    ) -> AsyncIterator[bytes]:
+        # Subscribe first, join second, with no await between: when the join is announced at
+        # once, this client is in the audience; when it waits for the conflation window, the
+        # first frame tells this client the count.
+        subscriber = self._broker.subscribe(self._settings.subscriber_backlog)
+        self._addresses.opened(address)
+        try:
+            announced = self._presence.join(TRANSPORT, username)
+            first = self._retry_frame
+            if not announced:
+                first += self._presence.count_event().sse_frame
+            replayed = 0
+            if resume_from is not None:
+                # Live events queue up in the subscriber meanwhile; those already replayed are
+                # skipped below, so each event arrives once, in order.
+                missed, replayed = await self._missed_since(resume_from)
+                first += missed
+            yield first
+            while True:
+                try:
+                    batch = await subscriber.next_batch()
+                except SubscriberClosed as closed:
+                    logger.info("closing an SSE stream: %s", closed.reason)
+                    self._broker.metrics.evicted.labels(closed.reason.split(":")[0]).inc()
+                    # EventSource reconnects after `retry` ms when a stream ends.
+                    yield self._retry_frame + f": {closed.reason}\n\n".encode()
+                    return
+                if replayed:
+                    batch = [e for e in batch if e.id is None or int(e.id) > replayed]
+                    if any(e.id is not None for e in batch):
+                        replayed = 0  # past the replay: no more filtering
+                self._delivered.inc(len(batch))
+                yield b"".join(event.sse_frame for event in batch)
+        except BaseException as exc:
+            # The client went away (sse-starlette cancels the stream) or stopped reading (the
+            # send timed out and the stream is closed).
+            logger.debug("SSE client left: %s", type(exc).__name__)
+            raise
+        finally:
+            self._broker.unsubscribe(subscriber)
+            self._addresses.closed(address)
+            self._presence.leave(TRANSPORT, username)

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from tests.support import OPEN_CLIENTS, RedisServer, Server, close_client, running_server
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+StartServer = Callable[..., Server]
+
+
+@pytest.fixture
+def artifacts(request: pytest.FixtureRequest) -> Path:
+    """Where a test keeps its server logs and screenshots (kept after the run)."""
+    path = ARTIFACTS / str(request.node.name).replace("/", "_")[:120]
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def start_server(artifacts: Path) -> Iterator[StartServer]:
+    """Start real hypercorn servers; each is stopped (SIGTERM) when the test ends."""
+    with ExitStack() as stack:
+
+        def start(
+            settings: dict[str, str] | None = None, command: list[str] | None = None
+        ) -> Server:
+            return stack.enter_context(running_server(artifacts, settings, command))
+
+        yield start
+
+
+@pytest.fixture
+def server(start_server: StartServer) -> Server:
+    """One server with the default settings."""
+    return start_server()
+
+
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the whole run; ``redis`` empties it for each test."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis(shared_redis: RedisServer) -> RedisServer:
+    shared_redis.flush()
+    return shared_redis
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, to stop and start (outages)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+async def close_clients() -> AsyncIterator[None]:
+    """Close every Socket.IO client a test left open, so nothing leaks into the next test."""
+    yield
+    while OPEN_CLIENTS:
+        await close_client(OPEN_CLIENTS.pop())

@@ -1,0 +1,355 @@
+"""The page in a real browser: Playwright drives Debian's Chromium against a real server.
+
+Each tab is its own browser context (its own cookies and storage, like another person). Nothing
+here sleeps: every wait is Playwright's ``expect`` (which retries until the page agrees) or a
+condition polled against the server. Screenshots land in ``artifacts/<test>/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Error,
+    Page,
+    Route,
+    async_playwright,
+    expect,
+)
+
+from tests.support import Server
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 10_000
+"""How long an ``expect`` may wait for the page: generous, since it returns as soon as it holds."""
+
+SOCKET_IO_CLIENT = "**/static/vendor/socket.io.min.js"
+
+
+@dataclass
+class Tab:
+    """One page in its own browser context, with the errors its console reported."""
+
+    page: Page
+    context: BrowserContext
+    artifacts: Path
+    errors: list[str] = field(default_factory=list)
+
+    async def screenshot(self, name: str) -> None:
+        await self.page.screenshot(path=self.artifacts / f"{name}.png", full_page=True)
+
+    async def close(self) -> None:
+        await self.context.close()
+
+    async def chat(self, text: str) -> None:
+        """Type and send a message; the server's acknowledgement clears the input."""
+        await self.page.fill("#chat-input", text)
+        await self.page.click("#chat-send")
+        await expect(self.page.locator("#chat-input")).to_have_value("", timeout=WAIT_MS)
+
+    def assert_console_clean(self) -> None:
+        assert self.errors == [], f"console errors: {self.errors}"
+
+
+class OpenTab(Protocol):
+    async def __call__(
+        self, query: str = "", block: Sequence[str] = (), stall: Sequence[str] = ()
+    ) -> Tab: ...
+
+
+@pytest.fixture
+def chromium() -> Path:
+    """Debian's Chromium: required, never skipped (a missing browser must not pass quietly)."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} not found: install Debian's chromium (scripts/setup --dev does); "
+            "these tests never download a browser"
+        )
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser(chromium: Path) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+async def open_tab(browser: Browser, server: Server, artifacts: Path) -> AsyncIterator[OpenTab]:
+    """Open ``/?<query>`` in a fresh context. Requests matching a glob in ``block`` fail at
+    once (as offline); those matching ``stall`` are never answered (as a proxy that hangs)."""
+    contexts: list[BrowserContext] = []
+
+    async def open_(query: str = "", block: Sequence[str] = (), stall: Sequence[str] = ()) -> Tab:
+        context = await browser.new_context()
+        contexts.append(context)
+        page = await context.new_page()
+        tab = Tab(page, context, artifacts)
+
+        def on_console(message: ConsoleMessage) -> None:
+            if message.type == "error":
+                tab.errors.append(f"console: {message.text} ({message.location})")
+
+        def on_page_error(error: Error) -> None:
+            tab.errors.append(f"pageerror: {error}")
+
+        page.on("console", on_console)
+        page.on("pageerror", on_page_error)
+        for pattern in block:
+            await page.route(pattern, abort)
+        for pattern in stall:
+            await page.route(pattern, never_answer)
+        await page.goto(f"{server.url}/?{query}")
+        return tab
+
+    try:
+        yield open_
+    finally:
+        for context in contexts:
+            await context.close()
+
+
+async def abort(route: Route) -> None:
+    await route.abort()
+
+
+async def never_answer(route: Route) -> None:
+    """Leave the request pending until its context closes."""
+
+
+async def expect_count(tab: Tab, users: int) -> None:
+    text = "1 user online" if users == 1 else f"{users} users online"
+    await expect(tab.page.locator("#count")).to_have_text(text, timeout=WAIT_MS)
+
+
+async def expect_live(tab: Tab, transport: str) -> None:
+    await expect(tab.page.locator("#state")).to_have_attribute(
+        "data-state", "live", timeout=WAIT_MS
+    )
+    await expect(tab.page.locator("#state")).to_have_text("live")
+    await expect(tab.page.locator("#transport")).to_have_text(transport, timeout=WAIT_MS)
+
+
+async def server_count(server: Server) -> int:
+    return await asyncio.to_thread(server.user_count)
+
+
+# ---------------------------------------------------------------------------- tests
+
+
+async def test_count_follows_pages_opening_and_closing(open_tab: OpenTab, server: Server) -> None:
+    alice = await open_tab("username=alice")
+    await expect_count(alice, 1)
+    # The default is long-polling first, then the upgrade to websocket.
+    await expect_live(alice, "websocket")
+
+    bob = await open_tab("username=bob")
+    await expect_count(bob, 2)
+    await expect_count(alice, 2)
+    await expect_live(bob, "websocket")
+    await expect(alice.page.locator("#events li").last).to_have_text("bob joined (2 online)")
+    assert await server_count(server) == 2
+    await alice.screenshot("alice-with-bob")
+    await bob.screenshot("bob")
+
+    await bob.close()
+    await expect_count(alice, 1)
+    await expect(alice.page.locator("#events li").last).to_have_text("bob left (1 online)")
+    await expect_live(alice, "websocket")
+    await alice.screenshot("alice-after-bob-left")
+    alice.assert_console_clean()
+    bob.assert_console_clean()
+
+
+async def test_chat_message_reaches_the_other_page(open_tab: OpenTab) -> None:
+    alice = await open_tab("username=alice")
+    bob = await open_tab("username=bob")
+    await expect_count(alice, 2)
+    await expect_live(alice, "websocket")
+
+    await alice.chat("hello bob")
+    await expect(bob.page.locator("#messages li")).to_have_text(["alice: hello bob"])
+    await expect(alice.page.locator("#messages li")).to_have_text(["alice: hello bob"])
+    await expect(alice.page.locator("#error")).to_be_hidden()
+    await bob.screenshot("bob-received")
+    await alice.screenshot("alice-sent")
+    alice.assert_console_clean()
+    bob.assert_console_clean()
+
+
+async def test_sse_page_counts_and_receives_chat_read_only(open_tab: OpenTab) -> None:
+    alice = await open_tab("username=alice")
+    await expect_live(alice, "websocket")
+    carol = await open_tab("transport=sse&username=carol")
+
+    await expect_count(carol, 2)
+    await expect_count(alice, 2)
+    await expect_live(carol, "SSE")
+    await expect(alice.page.locator("#events li").last).to_have_text("carol joined (2 online)")
+    await expect(carol.page.locator("#chat-note")).to_be_visible()
+    await expect(carol.page.locator("#chat-note")).to_have_text(re.compile("read-only over SSE"))
+    await expect(carol.page.locator("#chat-input")).to_be_disabled()
+
+    await alice.chat("hi carol")
+    await expect(carol.page.locator("#messages li")).to_have_text(["alice: hi carol"])
+    await carol.screenshot("carol-sse")
+    carol.assert_console_clean()
+    alice.assert_console_clean()
+
+
+async def test_markup_in_a_message_is_shown_as_text(open_tab: OpenTab) -> None:
+    alice = await open_tab("username=alice")
+    bob = await open_tab("username=bob")
+    await expect_count(alice, 2)
+    payloads = ["<script>window.pwned=1</script>", '<img src=x onerror="window.pwned=2">']
+
+    for payload in payloads:
+        await alice.chat(payload)
+    await expect(bob.page.locator("#messages li")).to_have_text([f"alice: {p}" for p in payloads])
+    assert await bob.page.locator("#messages script, #messages img").count() == 0
+    assert await bob.page.evaluate("typeof window.pwned") == "undefined"
+    assert await alice.page.evaluate("typeof window.pwned") == "undefined"
+    await bob.screenshot("bob-markup-as-text")
+    bob.assert_console_clean()
+
+
+@pytest.mark.parametrize(
+    ("blocked", "stalled"),
+    [
+        pytest.param([SOCKET_IO_CLIENT], [], id="client-script-missing"),
+        pytest.param(["**/socket.io/**"], [], id="socketio-endpoint-unreachable"),
+        pytest.param([], ["**/socket.io/**"], id="socketio-endpoint-hangs"),
+    ],
+)
+async def test_falls_back_to_sse_without_socketio(
+    open_tab: OpenTab, server: Server, blocked: list[str], stalled: list[str]
+) -> None:
+    dave = await open_tab("username=dave", block=blocked, stall=stalled)
+    await expect_live(dave, "SSE")
+    await expect_count(dave, 1)
+    await expect(dave.page.locator("#chat-input")).to_be_disabled()
+    await expect(dave.page.locator("#chat-note")).to_have_text(re.compile("read-only over SSE"))
+
+    alice = await open_tab("username=alice")
+    await expect_count(dave, 2)
+    await alice.chat("still there?")
+    await expect(dave.page.locator("#messages li")).to_have_text(["alice: still there?"])
+    assert await server_count(server) == 2
+    await dave.screenshot("dave-fallback")
+
+
+@pytest.mark.parametrize(
+    ("query", "transport"),
+    [
+        pytest.param("username=%3Cbad%3E", "websocket", id="socketio"),
+        pytest.param("transport=sse&username=%3Cbad%3E", "SSE", id="sse"),
+    ],
+)
+async def test_bad_username_is_refused_with_a_clear_error(
+    open_tab: OpenTab, server: Server, query: str, transport: str
+) -> None:
+    alice = await open_tab("username=alice")
+    await expect_live(alice, "websocket")
+
+    bad = await open_tab(query)
+    error = bad.page.locator("#error")
+    await expect(error).to_be_visible(timeout=WAIT_MS)
+    await expect(error).to_have_text(re.compile(r"^Name refused: .*username", re.IGNORECASE))
+    # Refused as <bad>, the page stays on anonymously: counted, never announced, cannot chat.
+    await expect_live(bad, transport)
+    await expect_count(alice, 2)
+    await expect(bad.page.locator("#whoami")).to_have_text("You are anonymous.")
+    await bad.screenshot("bad-username")
+    if transport != "SSE":
+        await expect(bad.page.locator("#chat-note")).to_have_text(re.compile("name to chat"))
+        await bad.page.fill("#chat-input", "let me in")
+        await bad.page.click("#chat-send")
+        await expect(error).to_have_text(re.compile("choose a name to chat", re.IGNORECASE))
+        await expect(bad.page.locator("#chat-input")).to_have_value("let me in")
+
+    # Events arrive in order: once a later join is shown, no announcement of <bad> is pending.
+    erin = await open_tab("username=erin")
+    await expect(alice.page.locator("#events li").last).to_have_text("erin joined (3 online)")
+    await expect(alice.page.locator("#events")).not_to_contain_text("bad")
+    await expect_count(erin, 3)
+    assert await server_count(server) == 3
+    alice.assert_console_clean()
+
+
+async def test_setting_a_name_reconnects_and_is_remembered(open_tab: OpenTab) -> None:
+    alice = await open_tab("username=alice")
+    anonymous = await open_tab()
+    await expect_count(alice, 2)
+    await expect(anonymous.page.locator("#whoami")).to_have_text("You are anonymous.")
+
+    await anonymous.page.fill("#name-input", "frank")
+    await anonymous.page.click("#name-form button[type=submit]")
+    await expect(alice.page.locator("#events li").last).to_have_text(
+        re.compile(r"^frank joined \(\d online\)$"), timeout=WAIT_MS
+    )
+    await expect(anonymous.page.locator("#whoami")).to_have_text("You are frank.")
+    await expect_count(alice, 2)
+    await anonymous.chat("I have a name now")
+    await expect(alice.page.locator("#messages li")).to_have_text(["frank: I have a name now"])
+
+    # The name survives a reload (localStorage, and the address keeps ?username= in step).
+    await anonymous.page.reload()
+    await expect(anonymous.page.locator("#whoami")).to_have_text("You are frank.")
+    await expect(anonymous.page.locator("#name-input")).to_have_value("frank")
+    await expect_live(anonymous, "websocket")
+    await anonymous.screenshot("frank")
+    anonymous.assert_console_clean()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_a_forced_transport_is_kept(open_tab: OpenTab, transport: str) -> None:
+    tab = await open_tab(f"transport={transport}&username=gina")
+    await expect_live(tab, transport)
+    await expect_count(tab, 1)
+    await tab.chat(f"over {transport}")
+    await expect(tab.page.locator("#messages li")).to_have_text([f"gina: over {transport}"])
+    # A page on polling must not have been upgraded behind its back.
+    await expect(tab.page.locator("#transport")).to_have_text(transport)
+    tab.assert_console_clean()
+
+
+async def test_pages_show_reconnecting_when_the_server_goes_away(
+    open_tab: OpenTab, server: Server
+) -> None:
+    socketio_tab = await open_tab("username=alice")
+    sse_tab = await open_tab("transport=sse&username=carol")
+    await expect_live(socketio_tab, "websocket")
+    await expect_live(sse_tab, "SSE")
+
+    assert await asyncio.to_thread(server.stop) == 0
+    for tab in (socketio_tab, sse_tab):
+        await expect(tab.page.locator("#state")).to_have_attribute(
+            "data-state", "reconnecting", timeout=WAIT_MS
+        )
+        await expect(tab.page.locator("#state")).to_have_text("reconnecting")
+    await socketio_tab.screenshot("socketio-reconnecting")
+    await sse_tab.screenshot("sse-reconnecting")
