@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -70,3 +71,6 @@ async def close_clients() -> AsyncIterator[None]:
     yield
     while OPEN_CLIENTS:
         await close_client(OPEN_CLIENTS.pop())
+    # Collect now, so a leaked connection's ResourceWarning fails the test that leaked it rather
+    # than whichever test the collector happens to run in later.
+    gc.collect()

@@ -249,6 +249,10 @@ async def close_client(recorder: SioClient) -> None:
     was killed leaves python-socketio's session open)."""
     with contextlib.suppress(Exception):
         await recorder.client.disconnect()
+    ws = recorder.client.eio.ws  # left open by engineio when the server vanished under it
+    if ws is not None and not ws.closed:
+        with contextlib.suppress(Exception):
+            await ws.close()
     http = recorder.client.eio.http
     if http is not None and not http.closed:
         await http.close()
