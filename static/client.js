@@ -23,6 +23,9 @@
   let username = initialName(); // "" is anonymous
   let useSse = params.get("transport") === "sse" || typeof io === "undefined";
   let connection = null; // the live transport: {close(), send(text, done) | null}
+  // The id of the last event received: every reconnection (either transport) resumes after it,
+  // so the server replays what this page missed while it was away.
+  let lastEventId = "";
 
   // ------------------------------------------------------------------ name
 
@@ -73,6 +76,15 @@
     append(ui.messages, `${who}: ${message}`);
   }
 
+  // The server could not replay everything missed while away (too long, or it restarted).
+  function onGap() {
+    append(ui.events, "Some events were missed while disconnected.");
+  }
+
+  function rememberId(id) {
+    if (typeof id === "string" && id) lastEventId = id;
+  }
+
   // Who we are, and whether (and why not) this page can chat.
   function showIdentity() {
     ui.whoami.textContent = username ? `You are ${username}.` : "You are anonymous.";
@@ -96,7 +108,10 @@
     const choice = params.get("transport");
     const transports = choice === "websocket" || choice === "polling" ? [choice]
       : ["polling", "websocket"]; // start on polling, upgrade to websocket when it works
-    const socket = io({ auth: username ? { username } : {}, transports, forceNew: true });
+    // auth as a function: the client calls it on every (re)connection, with the latest id.
+    // Passing lastEventId (even "") also asks the server for ids: each event's last argument.
+    const auth = (send) => send(username ? { username, lastEventId } : { lastEventId });
+    const socket = io({ auth, transports, forceNew: true });
     let everConnected = false;
     // A proxy that swallows the handshake shows no error at all: give up on Socket.IO in time.
     const deadline = setTimeout(() => fallBackToSse("Socket.IO did not connect"),
@@ -129,9 +144,11 @@
       // Only a disconnection by the server is not retried by the client itself.
       if (reason === "io server disconnect") socket.connect();
     });
+    socket.onAny((event, ...args) => { if (args.length > 1) rememberId(args[args.length - 1]); });
     socket.on("user count", showCount);
     socket.on("user", onUser);
     socket.on("chat message", onChat);
+    socket.on("gap", onGap);
     socket.on("error", (data) => showError((data && data.error) || "the server reported an error"));
 
     return {
@@ -170,7 +187,12 @@
   }
 
   function connectSse() {
-    const url = username ? `/events?username=${encodeURIComponent(username)}` : "/events";
+    // EventSource sends Last-Event-ID by itself when it reconnects; a new EventSource (after a
+    // fallback or a failure) passes the last id in the address instead.
+    const query = new URLSearchParams();
+    if (username) query.set("username", username);
+    if (lastEventId) query.set("lastEventId", lastEventId);
+    const url = query.toString() ? `/events?${query}` : "/events";
     const source = new EventSource(url);
     let retry = null;
     const handle = {
@@ -194,8 +216,12 @@
       }
     });
     source.addEventListener("user count", (e) => showCount(JSON.parse(e.data)));
-    source.addEventListener("user", (e) => onUser(JSON.parse(e.data)));
-    source.addEventListener("chat message", (e) => onChat(JSON.parse(e.data)));
+    source.addEventListener("user", (e) => { rememberId(e.lastEventId); onUser(JSON.parse(e.data)); });
+    source.addEventListener("chat message", (e) => {
+      rememberId(e.lastEventId);
+      onChat(JSON.parse(e.data));
+    });
+    source.addEventListener("gap", onGap);
     return handle;
   }
 

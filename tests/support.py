@@ -228,6 +228,8 @@ class SioClient:
     client: socketio.AsyncClient
     counts: list[int] = field(default_factory=list)
     events: list[tuple[str, Any]] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    """The ids that came with events (a client that passed ``lastEventId`` gets them)."""
     own_session: aiohttp.ClientSession | None = None
 
     @property
@@ -291,8 +293,10 @@ async def connect_sio(
         recorder.counts.append(count)
 
     @client.on("*")  # type: ignore[untyped-decorator]
-    async def on_any(event: str, data: Any = None) -> None:
+    async def on_any(event: str, data: Any = None, *more: Any) -> None:
         recorder.events.append((event, data))
+        if more:
+            recorder.ids.append(more[-1])
 
     try:
         await client.connect(

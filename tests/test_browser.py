@@ -26,7 +26,7 @@ from playwright.async_api import (
     expect,
 )
 
-from tests.support import Server
+from tests.support import Server, connect_sio, until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -71,7 +71,11 @@ class Tab:
 
 class OpenTab(Protocol):
     async def __call__(
-        self, query: str = "", block: Sequence[str] = (), stall: Sequence[str] = ()
+        self,
+        query: str = "",
+        block: Sequence[str] = (),
+        stall: Sequence[str] = (),
+        url: str | None = None,
     ) -> Tab: ...
 
 
@@ -100,11 +104,17 @@ async def browser(chromium: Path) -> AsyncIterator[Browser]:
 
 @pytest.fixture
 async def open_tab(browser: Browser, server: Server, artifacts: Path) -> AsyncIterator[OpenTab]:
-    """Open ``/?<query>`` in a fresh context. Requests matching a glob in ``block`` fail at
-    once (as offline); those matching ``stall`` are never answered (as a proxy that hangs)."""
+    """Open ``/?<query>`` in a fresh context (from ``url``, else the server). Requests matching
+    a glob in ``block`` fail at once (as offline); those matching ``stall`` are never answered
+    (as a proxy that hangs)."""
     contexts: list[BrowserContext] = []
 
-    async def open_(query: str = "", block: Sequence[str] = (), stall: Sequence[str] = ()) -> Tab:
+    async def open_(
+        query: str = "",
+        block: Sequence[str] = (),
+        stall: Sequence[str] = (),
+        url: str | None = None,
+    ) -> Tab:
         context = await browser.new_context()
         contexts.append(context)
         page = await context.new_page()
@@ -123,7 +133,7 @@ async def open_tab(browser: Browser, server: Server, artifacts: Path) -> AsyncIt
             await page.route(pattern, abort)
         for pattern in stall:
             await page.route(pattern, never_answer)
-        await page.goto(f"{server.url}/?{query}")
+        await page.goto(f"{url or server.url}/?{query}")
         return tab
 
     try:
@@ -353,3 +363,89 @@ async def test_pages_show_reconnecting_when_the_server_goes_away(
         await expect(tab.page.locator("#state")).to_have_text("reconnecting")
     await socketio_tab.screenshot("socketio-reconnecting")
     await sse_tab.screenshot("sse-reconnecting")
+
+
+class CuttableLink:
+    """A TCP proxy between the page and the server whose connections can be cut, as a network
+    drop: the server sees the page leave, and nothing gets through until it is restored."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.removeprefix("http://").split(":")
+        self._target = (host, int(port))
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.down = False
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.down:
+            writer.transport.abort()
+            return
+        upstream_reader, upstream = await asyncio.open_connection(*self._target)
+        self._writers |= {writer, upstream}
+        await asyncio.gather(self._pipe(reader, upstream), self._pipe(upstream_reader, writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.transport.abort()
+
+    def cut(self) -> None:
+        self.down = True
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    def restore(self) -> None:
+        self.down = False
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+async def test_a_page_that_lost_its_connection_gets_what_it_missed(
+    open_tab: OpenTab, server: Server, transport: str
+) -> None:
+    link = CuttableLink(server.url)
+    await link.start()
+    try:
+        query = "username=alice" + ("&transport=sse" if transport == "sse" else "")
+        tab = await open_tab(query, url=link.url)
+        await expect_live(tab, "SSE" if transport == "sse" else "websocket")
+        bob = await connect_sio(server.url, auth={"username": "bob"})
+        messages = tab.page.locator("#messages li")
+
+        assert (await bob.client.call("chat message", "one", timeout=5))["ok"]
+        await expect(messages).to_have_text(["bob: one"], timeout=WAIT_MS)
+
+        link.cut()
+        await until(lambda: server.user_count() == 1, 10, "the page to be counted gone")
+        await expect(tab.page.locator("#state")).to_have_text("reconnecting", timeout=WAIT_MS)
+        for text in ("two", "three"):
+            assert (await bob.client.call("chat message", text, timeout=5))["ok"]
+        link.restore()
+
+        await expect_live(tab, "SSE" if transport == "sse" else "websocket")
+        await expect(messages).to_have_text(["bob: one", "bob: two", "bob: three"], timeout=WAIT_MS)
+        assert (await bob.client.call("chat message", "four", timeout=5))["ok"]
+        await expect(messages).to_have_text(
+            ["bob: one", "bob: two", "bob: three", "bob: four"], timeout=WAIT_MS
+        )
+        await expect(tab.page.locator("#events li", has_text="missed")).to_have_count(0)
+        await tab.screenshot(f"resumed-{transport}")
+    finally:
+        await link.close()

@@ -71,3 +71,42 @@ async def test_unsubscribed_receives_nothing() -> None:
     hub.unsubscribe(subscriber)
     hub.dispatch("c", event(1))
     assert not subscriber.backlog
+
+
+def sized(event: Event) -> int:
+    return len(str(event.data))
+
+
+async def test_a_subscriber_over_its_byte_budget_is_closed() -> None:
+    hub = Hub()
+    slow = hub.subscribe("c", 1000, max_bytes=10, size=sized)
+    for data in ("aaaa", "bbbb"):
+        hub.dispatch("c", Event("tick", data))
+    assert slow.backlog_bytes == 8
+    hub.dispatch("c", Event("tick", "ccc"))  # 11 bytes: over
+    with pytest.raises(SubscriberClosed, match="over 10 bytes"):
+        await slow.next_batch()
+
+
+async def test_one_event_larger_than_the_budget_still_goes_to_an_idle_subscriber() -> None:
+    hub = Hub()
+    subscriber = hub.subscribe("c", 1000, max_bytes=10, size=sized)
+    hub.dispatch("c", Event("tick", "x" * 50))
+    assert [e.data for e in await subscriber.next_batch()] == ["x" * 50]
+    assert subscriber.backlog_bytes == 0, "taking the batch frees its budget"
+    hub.dispatch("c", Event("tick", "y" * 10))
+    assert subscriber.backlog_bytes == 10
+
+
+async def test_a_drop_oldest_subscriber_keeps_within_its_byte_budget() -> None:
+    hub = Hub()
+    subscriber = hub.subscribe("c", 1000, Overflow.DROP_OLDEST, max_bytes=10, size=sized)
+    for data in ("aaaa", "bbbb", "cccc"):
+        hub.dispatch("c", Event("tick", data))
+    assert [e.data for e in await subscriber.next_batch()] == ["bbbb", "cccc"]
+    assert subscriber.dropped == 1
+
+
+def test_a_byte_budget_needs_a_size() -> None:
+    with pytest.raises(ValueError, match="needs size"):
+        Hub().subscribe("c", 10, max_bytes=10)

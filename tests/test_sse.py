@@ -68,7 +68,7 @@ def test_a_client_that_stops_reading_is_disconnected(start_server: StartServer) 
     token = "stall-token-0123456789"
     server = start_server(
         {
-            "BROADCAST_SSE_SEND_TIMEOUT_SECONDS": "1",
+            "BROADCAST_SEND_TIMEOUT_SECONDS": "1",
             "BROADCAST_PUBLISH_TOKEN": token,
             "BROADCAST_PUBLISH_MAX_BYTES": "2000000",
         }

@@ -32,6 +32,7 @@ from broadcast.publish import create_publish_router, publish_tokens
 from broadcast.settings import ConfigError, Settings, load_settings, redact_url
 from broadcast.transports.socketio import SocketIOTransport
 from broadcast.transports.sse import SSETransport
+from broadcast.transports.watchdog import SendWatchdog
 
 logger = logging.getLogger("broadcast")
 
@@ -70,8 +71,11 @@ def create_app(settings: Settings) -> Litestar:
     )
     identity = Identity(settings.jwt_secret, settings.identity_required)
     addresses = AddressLimit(settings.max_connections_per_address)
-    socketio_transport = SocketIOTransport(settings, broker, presence, identity, addresses)
-    sse_transport = SSETransport(settings, broker, presence, identity, addresses)
+    watchdog = SendWatchdog(settings.send_timeout_seconds, metrics.evicted)
+    socketio_transport = SocketIOTransport(
+        settings, broker, presence, identity, addresses, watchdog
+    )
+    sse_transport = SSETransport(settings, broker, presence, identity, addresses, watchdog)
     tokens = publish_tokens(settings)
     static = static_directory()
 
@@ -80,6 +84,7 @@ def create_app(settings: Settings) -> Litestar:
         await broker.start()
         await presence.start()
         await socketio_transport.start()
+        watchdog.start()
         # Fan-out allocates many short-lived objects per delivery; CPython's default collector
         # thresholds (700) then run a collection every few hundred deliveries, mostly over
         # long-lived state. Freeze what startup made and collect the young generation less often.
@@ -89,6 +94,7 @@ def create_app(settings: Settings) -> Litestar:
         try:
             yield
         finally:
+            await watchdog.stop()
             await socketio_transport.stop()
             await presence.stop()
             await broker.stop()

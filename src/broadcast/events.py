@@ -55,3 +55,12 @@ class Event:
 
         Engine.IO adds its own ``4`` (MESSAGE) prefix when it writes the packet."""
         return f"2[{dumps(self.name)},{self.json_data}]"
+
+    @cached_property
+    def socketio_text_with_id(self) -> str:
+        """The same packet with the id as a last argument, ``2["name",data,"id"]``, for clients
+        that asked for ids to resume from (as Socket.IO's connection state recovery appends its
+        offset); ``socketio_text`` when the event has no id."""
+        if self.id is None:
+            return self.socketio_text
+        return f"2[{dumps(self.name)},{self.json_data},{dumps(self.id)}]"

@@ -55,14 +55,20 @@ class Settings(BaseSettings):
     sse_ping_seconds: Annotated[float, Field(gt=0, le=3600)] = 15.0
     """Interval of SSE keep-alive comments, which also reveal clients that vanished silently."""
 
-    sse_send_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
-    """A write to an SSE client that takes longer (it stopped reading) disconnects it."""
+    send_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """A write to a client (SSE or websocket) that takes longer (it stopped reading: its TCP
+    buffers are full) disconnects it."""
 
     sse_retry_ms: Annotated[int, Field(ge=0, le=600_000)] = 2000
     """Reconnection delay suggested to EventSource clients with the ``retry:`` field."""
 
     subscriber_backlog: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
     """Events queued for one SSE client before it is disconnected as too slow."""
+
+    client_buffer_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024 * 1024)] = 1024 * 1024
+    """Bytes queued for one client (either transport) before it is disconnected as too slow
+    (Centrifugo's default, 1 MiB). One event larger than this still goes to a client that has
+    nothing else queued."""
 
     max_frame_bytes: Annotated[int, Field(ge=1024, le=100 * 1024 * 1024)] = 1_000_000
     """Largest Socket.IO message a client may send (a websocket frame or a polling body); a

@@ -8,7 +8,7 @@ import logging
 from collections import deque
 
 from broadcast.broker.base import Backend, BrokerUnavailable, History
-from broadcast.broker.hub import Hub, Overflow, Subscriber
+from broadcast.broker.hub import EventSize, Hub, Overflow, Subscriber
 from broadcast.events import Event
 from broadcast.metrics import Metrics
 
@@ -68,8 +68,10 @@ class Broker:
         max_backlog: int,
         overflow: Overflow = Overflow.CLOSE,
         channel: str = DEFAULT_CHANNEL,
+        max_bytes: int | None = None,
+        size: EventSize | None = None,
     ) -> Subscriber:
-        return self.hub.subscribe(channel, max_backlog, overflow)
+        return self.hub.subscribe(channel, max_backlog, overflow, max_bytes, size)
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self.hub.unsubscribe(subscriber)

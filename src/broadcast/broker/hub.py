@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from enum import Enum
 
 from broadcast.events import Event
@@ -33,16 +34,39 @@ class SubscriberClosed(Exception):
         self.reason = reason
 
 
-class Subscriber:
-    """A bounded queue of events for one consumer (one SSE client, or one whole transport)."""
+EventSize = Callable[[Event], int]
+"""The bytes an event costs its consumer (the size of its encoding on that consumer's wire)."""
 
-    def __init__(self, channel: str, max_backlog: int, overflow: Overflow) -> None:
+
+class Subscriber:
+    """A bounded queue of events for one consumer (one SSE client, or one whole transport).
+
+    Bounded in events (``max_backlog``) and, with ``max_bytes``, in bytes as ``size`` measures
+    them; a single event larger than ``max_bytes`` is still taken when nothing else is queued.
+    """
+
+    def __init__(
+        self,
+        channel: str,
+        max_backlog: int,
+        overflow: Overflow,
+        max_bytes: int | None = None,
+        size: EventSize | None = None,
+    ) -> None:
+        if max_bytes is not None and size is None:
+            raise ValueError("max_bytes needs size, the function that measures an event")
         self.channel = channel
         self.max_backlog = max_backlog
         self.overflow = overflow
+        self.max_bytes = max_bytes
+        self._size = size
         self.backlog: deque[Event] = deque()
+        self.backlog_bytes = 0
         self.dropped = 0
         self.closed_reason: str | None = None
+        self.on_close: Callable[[str], None] | None = None
+        """Called with the reason when the subscriber is closed (its consumer may be blocked
+        elsewhere and learn it only later)."""
         self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, event: Event) -> None:
@@ -53,17 +77,33 @@ class Subscriber:
             if self.overflow is Overflow.CLOSE:
                 self.close(f"too slow: {self.max_backlog} events waiting to be sent")
                 return
-            self.backlog.popleft()
-            self.dropped += 1
+            self._drop_oldest()
+        if self.max_bytes is not None and self._size is not None:
+            size = self._size(event)
+            while self.backlog and self.backlog_bytes + size > self.max_bytes:
+                if self.overflow is Overflow.CLOSE:
+                    self.close(f"too slow: over {self.max_bytes} bytes waiting to be sent")
+                    return
+                self._drop_oldest()
+            self.backlog_bytes += size
         self.backlog.append(event)
         self._wake()
+
+    def _drop_oldest(self) -> None:
+        dropped = self.backlog.popleft()
+        if self._size is not None and self.max_bytes is not None:
+            self.backlog_bytes -= self._size(dropped)
+        self.dropped += 1
 
     def close(self, reason: str) -> None:
         """Stop this subscriber: its consumer gets ``SubscriberClosed(reason)`` at once."""
         if self.closed_reason is None:
             self.closed_reason = reason
             self.backlog.clear()
+            self.backlog_bytes = 0
             self._wake()
+            if self.on_close is not None:
+                self.on_close(reason)
 
     async def next_batch(self) -> list[Event]:
         """Wait for at least one event and return every event queued, oldest first."""
@@ -79,6 +119,7 @@ class Subscriber:
             raise SubscriberClosed(self.closed_reason)
         batch = list(self.backlog)
         self.backlog.clear()
+        self.backlog_bytes = 0
         return batch
 
     def _wake(self) -> None:
@@ -93,9 +134,14 @@ class Hub:
         self._channels: dict[str, set[Subscriber]] = {}
 
     def subscribe(
-        self, channel: str, max_backlog: int, overflow: Overflow = Overflow.CLOSE
+        self,
+        channel: str,
+        max_backlog: int,
+        overflow: Overflow = Overflow.CLOSE,
+        max_bytes: int | None = None,
+        size: EventSize | None = None,
     ) -> Subscriber:
-        subscriber = Subscriber(channel, max_backlog, overflow)
+        subscriber = Subscriber(channel, max_backlog, overflow, max_bytes, size)
         self._channels.setdefault(channel, set()).add(subscriber)
         return subscriber
 

@@ -8,6 +8,16 @@ one task per recipient per event.) Litestar strips the mount prefix, hence ``soc
 Client events are answered the Socket.IO way: with the acknowledgement when the client asked for
 one (``{ok: true, id}`` or ``{ok: false, error}``), else a refusal comes as an ``error`` event
 (``{event, error}``) to that client only.
+
+Resuming: a client that passes ``lastEventId`` in its connect ``auth`` receives every published
+event with its id as a last argument (``socket.on(name, (data, id) => ...)``, as Socket.IO's own
+connection state recovery appends its offset); when that id is not empty, it first receives what
+it missed since (``replay.py``). Everyone else gets exactly the classic ``socket.on(name, data)``.
+
+Slow clients: every client's Engine.IO queue counts the bytes it holds; one over
+``BROADCAST_CLIENT_BUFFER_BYTES`` is told why (an ``error`` event), disconnected, and counted
+as gone at once. A websocket write that blocks longer than ``BROADCAST_SEND_TIMEOUT_SECONDS``
+(the client stopped reading) is cancelled and the connection torn down.
 """
 
 from __future__ import annotations
@@ -19,9 +29,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import engineio
 import socketio
 from engineio import packet as eio_packet
 from litestar import asgi
+from litestar.enums import ScopeType
 from litestar.handlers import ASGIRouteHandler
 from litestar.types import Receive, Scope, Send
 
@@ -30,7 +42,9 @@ from broadcast.events import CHAT_MESSAGE, ERROR, Event
 from broadcast.identity import Identity
 from broadcast.limits import AddressLimit
 from broadcast.presence import Presence
+from broadcast.replay import missed_since
 from broadcast.settings import Settings
+from broadcast.transports.watchdog import WEBSOCKET_GONE, SendWatchdog
 from broadcast.users import RateLimit, Refused, parse_chat_message
 
 logger = logging.getLogger(__name__)
@@ -51,15 +65,71 @@ _RESERVED_EVENT = "\x00reserved"
 """Stands in for a server-only event name, so the catch-all handler refuses it."""
 
 
+class _Frame(eio_packet.Packet):  # type: ignore[misc]
+    """An Engine.IO MESSAGE packet that knows its size in bytes (for the client's buffer)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(eio_packet.MESSAGE, text)
+        self.size = len(text.encode())
+
+
+def _packet_size(pkt: Any) -> int:
+    size = getattr(pkt, "size", None)
+    if isinstance(size, int):
+        return size
+    data = getattr(pkt, "data", None)
+    return len(data) if isinstance(data, str | bytes) else 1
+
+
+class _CountingQueue(asyncio.Queue[Any]):
+    """An Engine.IO client's outgoing queue that knows how many bytes it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def _put(self, item: Any) -> None:
+        if item is not None:
+            self.bytes += _packet_size(item)
+        super()._put(item)
+
+    def _get(self) -> Any:
+        item = super()._get()
+        if item is not None:
+            self.bytes -= _packet_size(item)
+        return item
+
+    def clear(self) -> None:
+        """Drop everything queued (the client is being disconnected)."""
+        while not self.empty():
+            self.get_nowait()
+            self.task_done()
+
+
+class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
+    def create_queue(self, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs:  # not a client's outgoing queue
+            return super().create_queue(*args, **kwargs)
+        return _CountingQueue()
+
+
 class _GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
-    """python-socketio's server with three guards (pinned to python-socketio 5.x internals):
+    """python-socketio's server with these changes (pinned to python-socketio 5.x internals):
 
     - handlers learn whether the client asked for an acknowledgement (python-socketio hides the
       ack id), so a refusal reaches the client exactly once: the ack, else an ``error`` event;
     - a client event named like a server-only handler never reaches that handler;
     - a CONNECT that arrives on an Engine.IO session that timed out while the connect handler
-      ran leaves at once (python-socketio would mark the dead session connected for good).
+      ran leaves at once (python-socketio would mark the dead session connected for good);
+    - ``on_connected`` runs once the CONNECT packet is queued, so what a client missed is
+      replayed after it (python-socketio has no such hook);
+    - every client's outgoing queue counts its bytes (``_CountingQueue``).
     """
+
+    on_connected: Any = None
+
+    def _engineio_server_class(self) -> type[engineio.AsyncServer]:
+        return _EngineIOServer
 
     async def _handle_event_internal(
         self, server: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: Any
@@ -76,6 +146,8 @@ class _GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         if sid is not None and (socket is None or socket.closed):
             await self._handle_disconnect(eio_sid, namespace, self.reason.TRANSPORT_CLOSE)
+        elif sid is not None and self.on_connected is not None:
+            await self.on_connected(sid)
 
 
 @dataclass
@@ -83,6 +155,10 @@ class _Client:
     username: str | None
     rate_limit: RateLimit
     address: str
+    resume_from: str | None = None
+    """The id this client asked to resume from (``""``: ids only, nothing to replay)."""
+    pending: list[Event] | None = None
+    """Live events held back while what it missed is replayed (``None``: not replaying)."""
 
 
 class SocketIOTransport:
@@ -93,6 +169,7 @@ class SocketIOTransport:
         presence: Presence,
         identity: Identity,
         addresses: AddressLimit,
+        watchdog: SendWatchdog,
     ) -> None:
         self._settings = settings
         self._broker = broker
@@ -113,38 +190,63 @@ class SocketIOTransport:
         self.server.on("disconnect", self._on_disconnect)
         self.server.on(CHAT_MESSAGE, self._on_chat_message)
         self.server.on("*", self._on_unknown_event)
+        self.server.on_connected = self._on_connected
         self._asgi_app = socketio.ASGIApp(self.server, socketio_path=None)
         self._clients: dict[str, _Client] = {}
+        self._resuming: dict[str, _Client] = {}
+        """The clients that asked for ids (``lastEventId`` in their auth)."""
+        self._buffer_bytes = settings.client_buffer_bytes
+        self._watchdog = watchdog
         self._metrics = broker.metrics
         self._delivered = broker.metrics.delivered.labels(TRANSPORT)
-        self._pump_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def route_handler(self) -> ASGIRouteHandler:
         asgi_app = self._asgi_app
+        watchdog = self._watchdog
 
         @asgi("/socket.io", is_mount=True, copy_scope=True)
         async def socketio_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-            await asgi_app(scope, receive, send)
+            if scope["type"] != ScopeType.WEBSOCKET:
+                await asgi_app(scope, receive, send)
+                return
+            connection = watchdog.watch(send, receive, WEBSOCKET_GONE)
+            try:
+                await asgi_app(scope, connection.receive, connection.send)
+            finally:
+                watchdog.forget(connection)
 
         return socketio_endpoint
 
     async def start(self) -> None:
         subscriber = self._broker.subscribe(PUMP_BACKLOG, Overflow.DROP_OLDEST)
-        self._pump_task = asyncio.create_task(self._pump(subscriber), name="socketio-pump")
+        self._tasks = [asyncio.create_task(self._pump(subscriber), name="socketio-pump")]
 
     async def stop(self) -> None:
-        if self._pump_task is not None:
-            self._pump_task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._pump_task
-            self._pump_task = None
+                await task
+        self._tasks = []
 
-    async def close_all(self) -> None:
+    async def close_all(self, flush_seconds: float = 1.0) -> None:
         """Close every client's Engine.IO session: clients see a transport close and reconnect
-        (a Socket.IO-level disconnect would tell the official client not to)."""
-        for eio_sid in list(self.server.eio.sockets):
+        (a Socket.IO-level disconnect would tell the official client not to). The close packets
+        get ``flush_seconds`` to go out: a long-polling client between two polls may never
+        come for its own, and must not hold up the others (python-engineio's own disconnect
+        waits for each client's queue in turn)."""
+        sockets = [s for s in self.server.eio.sockets.values() if not s.closed]
+        for socket in sockets:
             with contextlib.suppress(Exception):
-                await self.server.eio.disconnect(eio_sid)
+                await socket.close(
+                    wait=False, abort=False, reason=self.server.reason.SERVER_DISCONNECT
+                )
+        flushing = [asyncio.ensure_future(socket.queue.join()) for socket in sockets]
+        if flushing:
+            _, pending = await asyncio.wait(flushing, timeout=flush_seconds)
+            for waiter in pending:
+                waiter.cancel()
 
     # ------------------------------------------------------------------ connections
 
@@ -157,24 +259,53 @@ class SocketIOTransport:
             if not self._addresses.allows(address):
                 raise Refused(self._addresses.refusal(address))
             username = self._identity.username(auth.get("username"), auth.get("token"))
+            resume_from = _resume_from(auth)
         except Refused as refused:
             self._metrics.refused.labels("connect").inc()
             raise socketio.exceptions.ConnectionRefusedError(str(refused)) from None
         self._addresses.opened(address)
-        self._clients[sid] = _Client(
+        client = self._clients[sid] = _Client(
             username,
             RateLimit(self._settings.chat_rate_per_second, self._settings.chat_burst),
             address,
+            resume_from,
         )
+        if resume_from is not None:
+            self._resuming[sid] = client
+            if resume_from:
+                client.pending = []  # until on_connected has replayed what it missed
         if not self._presence.join(TRANSPORT, username):
             # The announcement waits for the conflation window; tell the newcomer now. (When it
             # went out at once, it reaches this client too: python-socketio already lists it.)
             # This is sent before python-socketio acknowledges the connection: the official
             # clients hold events that arrive before the CONNECT packet and deliver them after it.
-            await self._send(self._eio_sid(sid), self._packet(self._presence.count_event()))
+            count = _Frame(self._presence.count_event().socketio_text)
+            await self._deliver(self._eio_sid(sid), count)
+
+    async def _on_connected(self, sid: str) -> None:
+        """Replay what a resuming client missed, now that its CONNECT packet is queued, then
+        the live events held back meanwhile (those not already replayed)."""
+        client = self._clients.get(sid)
+        if client is None or client.pending is None or not client.resume_from:
+            return
+        eio_sid = self._eio_sid(sid)
+        try:
+            missed = await missed_since(self._broker, client.resume_from)
+            if missed.gap is not None:
+                await self._deliver(eio_sid, _Frame(missed.gap.socketio_text))
+            for event in missed.events:
+                await self._deliver(eio_sid, _Frame(event.socketio_text_with_id))
+            while client.pending:
+                held, client.pending = client.pending, []
+                for event in held:
+                    if not missed.is_replayed(event):
+                        await self._deliver(eio_sid, _Frame(event.socketio_text_with_id))
+        finally:
+            client.pending = None  # live from here: the pump sends to it directly
 
     async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
         client = self._clients.pop(sid, None)
+        self._resuming.pop(sid, None)
         if client is None:
             return
         self._addresses.closed(client.address)
@@ -237,30 +368,84 @@ class SocketIOTransport:
         try:
             while True:
                 batch = await subscriber.next_batch()
-                packets = []
+                plain: list[_Frame] = []
+                with_ids: list[_Frame] = []
+                sendable: list[Event] = []
                 for event in batch:
                     try:
-                        packets.append(self._packet(event))
+                        plain.append(_Frame(event.socketio_text))
+                        if self._resuming:
+                            with_ids.append(_Frame(event.socketio_text_with_id))
+                        sendable.append(event)
                     except Exception:  # one bad event must never stop the fan-out
                         logger.exception("dropped event %r: it cannot be encoded", event.name)
                 recipients = 0
-                for _sid, eio_sid in self.server.manager.get_participants(NAMESPACE, None):
+                too_slow: list[str] = []
+                sockets = self.server.eio.sockets
+                for sid, eio_sid in self.server.manager.get_participants(NAMESPACE, None):
+                    client = self._resuming.get(sid) if self._resuming else None
+                    if client is not None and client.pending is not None:
+                        client.pending.extend(sendable)  # replaying: these go out after
+                        continue
+                    socket = sockets.get(eio_sid)
+                    if socket is None or socket.closed:
+                        continue
                     recipients += 1
-                    for pkt in packets:
-                        await self._send(eio_sid, pkt)
-                self._delivered.inc(recipients * len(packets))
+                    for frame in plain if client is None else with_ids:
+                        await self._put(socket, frame)
+                    if socket.queue.bytes > self._buffer_bytes and socket.queue.qsize() > 1:
+                        too_slow.append(eio_sid)
+                self._delivered.inc(recipients * len(plain))
+                for eio_sid in too_slow:
+                    await self._evict(eio_sid)
         except SubscriberClosed:
             pass
         finally:
             self._broker.unsubscribe(subscriber)
 
+    @staticmethod
+    async def _put(socket: Any, frame: eio_packet.Packet) -> None:
+        if socket.upgrading:  # python-engineio holds packets back during the upgrade
+            await socket.send(frame)
+        else:  # the hot path: python-engineio's send() only adds a ping check and a log call
+            socket.queue.put_nowait(frame)
+
+    async def _deliver(self, eio_sid: str, frame: eio_packet.Packet) -> None:
+        socket = self.server.eio.sockets.get(eio_sid)
+        if socket is not None and not socket.closed:
+            await self._put(socket, frame)
+
+    async def _evict(self, eio_sid: str) -> None:
+        """Disconnect a client whose queue is over its byte budget: drop what it has queued,
+        tell it why, and close; python-socketio's disconnect handler takes it out of the count."""
+        socket = self.server.eio.sockets.get(eio_sid)
+        if socket is None or socket.closed:
+            return
+        reason = f"too slow: over {self._buffer_bytes} bytes waiting to be sent"
+        socket.queue.clear()
+        self._metrics.evicted.labels("too slow").inc()
+        notice = Event(ERROR, {"event": None, "error": f"disconnected: {reason}"})
+        await self._put(socket, _Frame(notice.socketio_text))
+        await socket.close(wait=False, abort=False, reason=reason)
+        if socket.upgraded:  # a websocket: end its writer after the close packet
+            socket.queue.put_nowait(None)
+
     def _eio_sid(self, sid: str) -> str:
         eio_sid: str = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
         return eio_sid
 
-    @staticmethod
-    def _packet(event: Event) -> eio_packet.Packet:
-        return eio_packet.Packet(eio_packet.MESSAGE, event.socketio_text)
 
-    async def _send(self, eio_sid: str, pkt: eio_packet.Packet) -> None:
-        await self.server.eio.send_packet(eio_sid, pkt)
+def _resume_from(auth: dict[str, Any]) -> str | None:
+    """The ``lastEventId`` a client resumes from: ``None`` when it did not ask for ids, ``""``
+    when it wants ids but has nothing to resume from."""
+    if "lastEventId" not in auth:
+        return None
+    value = auth["lastEventId"]
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise Refused("lastEventId must be a string, the id of the last event received")
+    text = str(value)
+    if len(text) > 64 or "\n" in text:
+        raise Refused("lastEventId is not an event id")
+    return text

@@ -14,7 +14,7 @@ an origin that is not allowed is refused (403) rather than streamed to a page th
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,17 +28,50 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import Parameter
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from broadcast.broker import Broker, BrokerUnavailable, History, SubscriberClosed
-from broadcast.events import GAP, Event
+from broadcast.broker import Broker, SubscriberClosed
+from broadcast.events import Event
 from broadcast.identity import Identity
 from broadcast.limits import AddressLimit
 from broadcast.presence import Presence
+from broadcast.replay import missed_since
 from broadcast.settings import Settings
+from broadcast.transports.watchdog import (
+    HTTP_GONE,
+    ClientTooSlow,
+    SendWatchdog,
+    WatchedConnection,
+)
 from broadcast.users import Refused
 
 logger = logging.getLogger(__name__)
 
 TRANSPORT = "sse"
+
+
+def _frame_size(event: Event) -> int:
+    return len(event.sse_frame)
+
+
+class _WatchedEventSourceResponse(EventSourceResponse):
+    """sse-starlette's response with its writes timed by the send watchdog (one sweep for all
+    streams) instead of its own timer per write; ``connection`` is set once it runs."""
+
+    def __init__(self, watchdog: SendWatchdog, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._watchdog = watchdog
+        self.connection: WatchedConnection | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.connection = self._watchdog.watch(send, receive, HTTP_GONE)
+        try:
+            await super().__call__(scope, self.connection.receive, self.connection.send)
+        except ClientTooSlow:
+            pass  # cut off by the watchdog or over its budget; the stream's finally ran
+        finally:
+            self._watchdog.forget(self.connection)
+
+    async def _send_with_timeout(self, send: Any, message: Any) -> None:
+        await send(message)  # the watchdog times it
 
 
 class SSETransport:
@@ -49,8 +82,10 @@ class SSETransport:
         presence: Presence,
         identity: Identity,
         addresses: AddressLimit,
+        watchdog: SendWatchdog,
     ) -> None:
         self._settings = settings
+        self._watchdog = watchdog
         self._broker = broker
         self._presence = presence
         self._identity = identity
@@ -93,37 +128,19 @@ class SSETransport:
             # EventSource sends Last-Event-ID by itself when it reconnects; the query parameter
             # is for clients that cannot set headers.
             resume_from = request.headers.get("last-event-id") or last_event_id
-            return EventSourceResponse(
-                self._stream(name, resume_from, address),
-                ping=self._settings.sse_ping_seconds,
+            response: _WatchedEventSourceResponse
+            response = _WatchedEventSourceResponse(
+                self._watchdog,
                 # A client that stops reading blocks the write once its TCP buffers are full;
-                # the timeout cuts it off then, and the stream's `finally` takes it out.
-                send_timeout=self._settings.sse_send_timeout_seconds,
+                # the watchdog cuts it off then, and the stream's `finally` takes it out.
+                self._stream(name, resume_from, address, lambda: response.connection),
+                ping=self._settings.sse_ping_seconds,
                 sep="\n",
                 headers=headers,
             )
+            return response
 
         return events
-
-    async def _missed_since(self, resume_from: str) -> tuple[bytes, int]:
-        """The frames a reconnecting client missed (a ``gap`` notice first when some are no
-        longer held), and the id of the last one."""
-        after = int(resume_from) if resume_from.isdigit() else -1
-        try:
-            history = await self._broker.history(max(after, 0))
-        except BrokerUnavailable as exc:
-            logger.info("cannot replay to a reconnecting SSE client: %s", exc)
-            history = History([], False, None, 0)
-        if after > history.last_id:
-            after = -1  # an id from before a restart (of an in-process broker): unknown here
-        frames = b""
-        if after < 0 or not history.complete:
-            gap = {"lastEventId": resume_from, "oldestEventId": history.oldest_id}
-            frames += Event(GAP, gap).sse_frame
-        events = history.events if after >= 0 else []
-        self._broker.metrics.replayed.inc(len(events))
-        frames += b"".join(event.sse_frame for event in events)
-        return frames, int(events[-1].id or 0) if events else max(after, 0)
 
     def _cors_headers(self, request: Request[Any, Any, Any]) -> dict[str, str]:
         origin = request.headers.get("origin")
@@ -139,38 +156,55 @@ class SSETransport:
         )
 
     async def _stream(
-        self, username: str | None, resume_from: str | None, address: str
+        self,
+        username: str | None,
+        resume_from: str | None,
+        address: str,
+        connection: Callable[[], WatchedConnection | None],
     ) -> AsyncIterator[bytes]:
         # Subscribe first, join second, with no await between: when the join is announced at
         # once, this client is in the audience; when it waits for the conflation window, the
         # first frame tells this client the count.
-        subscriber = self._broker.subscribe(self._settings.subscriber_backlog)
+        subscriber = self._broker.subscribe(
+            self._settings.subscriber_backlog,
+            max_bytes=self._settings.client_buffer_bytes,
+            size=_frame_size,
+        )
+
+        def on_close(reason: str) -> None:
+            self._broker.metrics.evicted.labels(reason.split(":")[0]).inc()
+            watched = connection()
+            if watched is not None and watched.since is not None:
+                watched.expire()  # blocked in a write: it would never see the close
+
+        subscriber.on_close = on_close
         self._addresses.opened(address)
         try:
             announced = self._presence.join(TRANSPORT, username)
             first = self._retry_frame
             if not announced:
                 first += self._presence.count_event().sse_frame
-            replayed = 0
+            missed = None
             if resume_from is not None:
                 # Live events queue up in the subscriber meanwhile; those already replayed are
                 # skipped below, so each event arrives once, in order.
-                missed, replayed = await self._missed_since(resume_from)
-                first += missed
+                missed = await missed_since(self._broker, resume_from)
+                if missed.gap is not None:
+                    first += missed.gap.sse_frame
+                first += b"".join(event.sse_frame for event in missed.events)
             yield first
             while True:
                 try:
                     batch = await subscriber.next_batch()
                 except SubscriberClosed as closed:
                     logger.info("closing an SSE stream: %s", closed.reason)
-                    self._broker.metrics.evicted.labels(closed.reason.split(":")[0]).inc()
                     # EventSource reconnects after `retry` ms when a stream ends.
                     yield self._retry_frame + f": {closed.reason}\n\n".encode()
                     return
-                if replayed:
-                    batch = [e for e in batch if e.id is None or int(e.id) > replayed]
+                if missed is not None:
+                    batch = [e for e in batch if not missed.is_replayed(e)]
                     if any(e.id is not None for e in batch):
-                        replayed = 0  # past the replay: no more filtering
+                        missed = None  # past the replay: no more filtering
                 self._delivered.inc(len(batch))
                 yield b"".join(event.sse_frame for event in batch)
         except BaseException as exc:
