@@ -159,6 +159,23 @@ class _Client:
     """The id this client asked to resume from (``""``: ids only, nothing to replay)."""
     pending: list[Event] | None = None
     """Live events held back while what it missed is replayed (``None``: not replaying)."""
+    replayed_up_to: int | None = None
+    """After a replay: live events up to this id were replayed from the history (which can
+    be ahead of the live stream), so the pump skips them; cleared past it."""
+
+    def fresh(self, events: list[tuple[Event, _Frame]]) -> list[_Frame]:
+        """The frames of ``events`` this client has not already had from its replay."""
+        skip_to = self.replayed_up_to
+        if skip_to is None:
+            return [frame for _, frame in events]
+        frames = []
+        for event, frame in events:
+            if event.id is not None and skip_to is not None:
+                if int(event.id) <= skip_to:
+                    continue
+                skip_to = self.replayed_up_to = None
+            frames.append(frame)
+        return frames
 
 
 class SocketIOTransport:
@@ -295,11 +312,11 @@ class SocketIOTransport:
                 await self._deliver(eio_sid, _Frame(missed.gap.socketio_text))
             for event in missed.events:
                 await self._deliver(eio_sid, _Frame(event.socketio_text_with_id))
+            client.replayed_up_to = missed.last_id
             while client.pending:
                 held, client.pending = client.pending, []
-                for event in held:
-                    if not missed.is_replayed(event):
-                        await self._deliver(eio_sid, _Frame(event.socketio_text_with_id))
+                for frame in client.fresh([(e, _Frame(e.socketio_text_with_id)) for e in held]):
+                    await self._deliver(eio_sid, frame)
         finally:
             client.pending = None  # live from here: the pump sends to it directly
 
@@ -369,16 +386,14 @@ class SocketIOTransport:
             while True:
                 batch = await subscriber.next_batch()
                 plain: list[_Frame] = []
-                with_ids: list[_Frame] = []
                 sendable: list[Event] = []
                 for event in batch:
                     try:
                         plain.append(_Frame(event.socketio_text))
-                        if self._resuming:
-                            with_ids.append(_Frame(event.socketio_text_with_id))
                         sendable.append(event)
                     except Exception:  # one bad event must never stop the fan-out
                         logger.exception("dropped event %r: it cannot be encoded", event.name)
+                with_ids: list[tuple[Event, _Frame]] | None = None  # built when first needed
                 recipients = 0
                 too_slow: list[str] = []
                 sockets = self.server.eio.sockets
@@ -391,7 +406,12 @@ class SocketIOTransport:
                     if socket is None or socket.closed:
                         continue
                     recipients += 1
-                    for frame in plain if client is None else with_ids:
+                    frames = plain
+                    if client is not None:
+                        if with_ids is None:
+                            with_ids = [(e, _Frame(e.socketio_text_with_id)) for e in sendable]
+                        frames = client.fresh(with_ids)
+                    for frame in frames:
                         await self._put(socket, frame)
                     if socket.queue.bytes > self._buffer_bytes and socket.queue.qsize() > 1:
                         too_slow.append(eio_sid)
