@@ -26,8 +26,10 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 import engineio
 import socketio
@@ -82,11 +84,32 @@ def _packet_size(pkt: Any) -> int:
 
 
 class _CountingQueue(asyncio.Queue[Any]):
-    """An Engine.IO client's outgoing queue that knows how many bytes it holds."""
+    """An Engine.IO client's outgoing queue that knows how many bytes it holds.
+
+    Its ``get`` returns a future rather than a coroutine: python-engineio's writer awaits
+    ``wait_for(queue.get(), timeout)`` once per wake-up, and ``wait_for`` wraps a coroutine in a
+    new Task each time (a future it takes as is), a cost paid per client per event in fan-out.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.bytes = 0
+        self._waiting: deque[asyncio.Future[Any]] = deque()
+
+    def get(self) -> asyncio.Future[Any]:  # type: ignore[override]
+        waiter = asyncio.get_running_loop().create_future()
+        if self.empty():
+            self._waiting.append(waiter)
+        else:
+            waiter.set_result(self.get_nowait())
+        return waiter
+
+    def put_nowait(self, item: Any) -> None:
+        super().put_nowait(item)
+        while self._waiting and not self.empty():
+            waiter = self._waiting.popleft()
+            if not waiter.done():  # not given up on (a timed-out or cancelled poll)
+                waiter.set_result(self.get_nowait())
 
     def _put(self, item: Any) -> None:
         if item is not None:
@@ -107,6 +130,34 @@ class _CountingQueue(asyncio.Queue[Any]):
 
 
 class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
+    """python-engineio's server with two fixes (pinned to python-engineio 4.x internals), found
+    by fuzzing (tests/test_fuzz.py):
+
+    - disconnecting a long-polling client never waits for it to collect its CLOSE packet
+      (python-engineio waits for a GET that may never come, and the POST that caused the
+      disconnect is then never answered);
+    - a POST to a session its client just closed is a 400, not a 500 (python-engineio's POST
+      path lets the ``KeyError`` for a closed session escape).
+    """
+
+    async def disconnect(self, sid: str | None = None) -> None:
+        if sid is None:
+            await super().disconnect()
+            return
+        socket = self.sockets.get(sid)
+        if socket is not None and not socket.closed:
+            await socket.close(wait=False, abort=False, reason=self.reason.SERVER_DISCONNECT)
+        self.sockets.pop(sid, None)
+
+    async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
+        scope = args[0] if args else None
+        if isinstance(scope, dict) and scope.get("method") == "POST":
+            sid = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("sid", [""])[0]
+            socket = self.sockets.get(sid)
+            if socket is not None and socket.closed:
+                del self.sockets[sid]  # python-engineio then answers "Invalid session"
+        return await super().handle_request(*args, **kwargs)
+
     def create_queue(self, *args: Any, **kwargs: Any) -> Any:
         if args or kwargs:  # not a client's outgoing queue
             return super().create_queue(*args, **kwargs)
@@ -221,6 +272,7 @@ class SocketIOTransport:
     def route_handler(self) -> ASGIRouteHandler:
         asgi_app = self._asgi_app
         watchdog = self._watchdog
+        metrics = self._metrics
 
         @asgi("/socket.io", is_mount=True, copy_scope=True)
         async def socketio_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
@@ -228,8 +280,20 @@ class SocketIOTransport:
                 await asgi_app(scope, receive, send)
                 return
             connection = watchdog.watch(send, receive, WEBSOCKET_GONE)
+
+            async def receive_decodable() -> Any:
+                # python-engineio decodes a frame outside its error handling: one it cannot
+                # decode would end its reader without closing the session (a ghost user until
+                # the ping timeout). Such a frame ends the connection here instead.
+                message = await connection.receive()
+                if message["type"] == "websocket.receive" and not _decodable(message):
+                    logger.info("closing a websocket: it sent a frame that is not Engine.IO")
+                    metrics.refused.labels("frame").inc()
+                    return WEBSOCKET_GONE
+                return message
+
             try:
-                await asgi_app(scope, connection.receive, connection.send)
+                await asgi_app(scope, receive_decodable, connection.send)
             finally:
                 watchdog.forget(connection)
 
@@ -453,6 +517,19 @@ class SocketIOTransport:
     def _eio_sid(self, sid: str) -> str:
         eio_sid: str = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
         return eio_sid
+
+
+def _decodable(message: Any) -> bool:
+    data = message.get("bytes")
+    if data is None:
+        data = message.get("text")
+    if data is None:
+        return False
+    try:
+        eio_packet.Packet(encoded_packet=data)
+    except Exception:
+        return False
+    return True
 
 
 def _resume_from(auth: dict[str, Any]) -> str | None:
