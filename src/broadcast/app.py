@@ -84,6 +84,7 @@ def create_app(settings: Settings) -> Litestar:
         await broker.start()
         await presence.start()
         await socketio_transport.start()
+        await sse_transport.start()
         watchdog.start()
         # Fan-out allocates many short-lived objects per delivery; CPython's default collector
         # thresholds (700) then run a collection every few hundred deliveries, mostly over
@@ -95,6 +96,7 @@ def create_app(settings: Settings) -> Litestar:
             yield
         finally:
             await watchdog.stop()
+            await sse_transport.stop()
             await socketio_transport.stop()
             await presence.stop()
             await broker.stop()

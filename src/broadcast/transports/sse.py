@@ -13,8 +13,12 @@ an origin that is not allowed is refused (403) rather than streamed to a page th
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,7 +32,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import Parameter
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from broadcast.broker import Broker, SubscriberClosed
+from broadcast.broker import Broker, Subscriber, SubscriberClosed
 from broadcast.events import Event
 from broadcast.identity import Identity
 from broadcast.limits import AddressLimit
@@ -50,6 +54,18 @@ TRANSPORT = "sse"
 
 def _frame_size(event: Event) -> int:
     return len(event.sse_frame)
+
+
+@dataclass(frozen=True, eq=False)
+class _Comment(Event):
+    """An SSE comment (a keep-alive): queued like an event, never one."""
+
+    @cached_property
+    def sse_frame(self) -> bytes:
+        return f": {self.data}\n\n".encode()
+
+
+KEEP_ALIVE = _Comment("", "ping")
 
 
 class _WatchedEventSourceResponse(EventSourceResponse):
@@ -92,6 +108,26 @@ class SSETransport:
         self._addresses = addresses
         self._retry_frame = ServerSentEvent(retry=settings.sse_retry_ms, sep="\n").encode()
         self._delivered = broker.metrics.delivered.labels(TRANSPORT)
+        self._streams: set[Subscriber] = set()
+        self._keep_alive: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._keep_alive = asyncio.create_task(self._send_keep_alives(), name="sse-keep-alive")
+
+    async def stop(self) -> None:
+        if self._keep_alive is not None:
+            self._keep_alive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keep_alive
+            self._keep_alive = None
+
+    async def _send_keep_alives(self) -> None:
+        # One loop for every stream, rather than sse-starlette's ping task in each (a task per
+        # idle client is memory). A write to a client that went away fails, which ends it.
+        while True:
+            await asyncio.sleep(self._settings.sse_ping_seconds)
+            for subscriber in list(self._streams):
+                subscriber.offer(KEEP_ALIVE)
 
     def route_handler(self) -> HTTPRouteHandler:
         @get(
@@ -134,7 +170,7 @@ class SSETransport:
                 # A client that stops reading blocks the write once its TCP buffers are full;
                 # the watchdog cuts it off then, and the stream's `finally` takes it out.
                 self._stream(name, resume_from, address, lambda: response.connection),
-                ping=self._settings.sse_ping_seconds,
+                ping=0,  # the transport's one keep-alive loop does it (`_send_keep_alives`)
                 sep="\n",
                 headers=headers,
             )
@@ -178,6 +214,7 @@ class SSETransport:
                 watched.expire()  # blocked in a write: it would never see the close
 
         subscriber.on_close = on_close
+        self._streams.add(subscriber)
         self._addresses.opened(address)
         try:
             announced = self._presence.join(TRANSPORT, username)
@@ -205,7 +242,7 @@ class SSETransport:
                     batch = [e for e in batch if not missed.is_replayed(e)]
                     if any(e.id is not None for e in batch):
                         missed = None  # past the replay: no more filtering
-                self._delivered.inc(len(batch))
+                self._delivered.inc(len(batch) - batch.count(KEEP_ALIVE))
                 yield b"".join(event.sse_frame for event in batch)
         except BaseException as exc:
             # The client went away (sse-starlette cancels the stream) or stopped reading (the
@@ -214,5 +251,6 @@ class SSETransport:
             raise
         finally:
             self._broker.unsubscribe(subscriber)
+            self._streams.discard(subscriber)
             self._addresses.closed(address)
             self._presence.leave(TRANSPORT, username)
