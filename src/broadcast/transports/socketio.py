@@ -24,14 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
 
-import engineio
 import socketio
 from engineio import packet as eio_packet
 from litestar import asgi
@@ -46,159 +42,23 @@ from broadcast.limits import AddressLimit
 from broadcast.presence import Presence
 from broadcast.replay import missed_since
 from broadcast.settings import Settings
+from broadcast.transports.socketio_server import (
+    NAMESPACE,
+    RESERVED_EVENT,
+    Frame,
+    GuardedServer,
+    ack_requested,
+    decodable,
+)
 from broadcast.transports.watchdog import WEBSOCKET_GONE, SendWatchdog
 from broadcast.users import RateLimit, Refused, parse_chat_message
 
 logger = logging.getLogger(__name__)
 
 TRANSPORT = "socketio"
-NAMESPACE = "/"
 # The pump drains its queue without ever waiting on a client, so this bound is only reached if
 # the event loop itself is starved; dropping the oldest then is better than stopping them all.
 PUMP_BACKLOG = 100_000
-
-_ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar("ack_requested")
-
-
-# Handlers python-socketio keeps for itself: a client event with one of these names would
-# otherwise reach them (a fake "connect" or "disconnect" skewing the count).
-_SERVER_ONLY_EVENTS = frozenset({"connect", "disconnect"})
-_RESERVED_EVENT = "\x00reserved"
-"""Stands in for a server-only event name, so the catch-all handler refuses it."""
-
-
-class _Frame(eio_packet.Packet):  # type: ignore[misc]
-    """An Engine.IO MESSAGE packet that knows its size in bytes (for the client's buffer)."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(eio_packet.MESSAGE, text)
-        self.size = len(text.encode())
-
-
-def _packet_size(pkt: Any) -> int:
-    size = getattr(pkt, "size", None)
-    if isinstance(size, int):
-        return size
-    data = getattr(pkt, "data", None)
-    return len(data) if isinstance(data, str | bytes) else 1
-
-
-class _CountingQueue(asyncio.Queue[Any]):
-    """An Engine.IO client's outgoing queue that knows how many bytes it holds.
-
-    Its ``get`` returns a future rather than a coroutine: python-engineio's writer awaits
-    ``wait_for(queue.get(), timeout)`` once per wake-up, and ``wait_for`` wraps a coroutine in a
-    new Task each time (a future it takes as is), a cost paid per client per event in fan-out.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bytes = 0
-        self._waiting: deque[asyncio.Future[Any]] = deque()
-
-    def get(self) -> asyncio.Future[Any]:  # type: ignore[override]
-        waiter = asyncio.get_running_loop().create_future()
-        if self.empty():
-            self._waiting.append(waiter)
-        else:
-            waiter.set_result(self.get_nowait())
-        return waiter
-
-    def put_nowait(self, item: Any) -> None:
-        super().put_nowait(item)
-        while self._waiting and not self.empty():
-            waiter = self._waiting.popleft()
-            if not waiter.done():  # not given up on (a timed-out or cancelled poll)
-                waiter.set_result(self.get_nowait())
-
-    def _put(self, item: Any) -> None:
-        if item is not None:
-            self.bytes += _packet_size(item)
-        super()._put(item)
-
-    def _get(self) -> Any:
-        item = super()._get()
-        if item is not None:
-            self.bytes -= _packet_size(item)
-        return item
-
-    def clear(self) -> None:
-        """Drop everything queued (the client is being disconnected)."""
-        while not self.empty():
-            self.get_nowait()
-            self.task_done()
-
-
-class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
-    """python-engineio's server with two fixes (pinned to python-engineio 4.x internals), found
-    by fuzzing (tests/test_fuzz.py):
-
-    - disconnecting a long-polling client never waits for it to collect its CLOSE packet
-      (python-engineio waits for a GET that may never come, and the POST that caused the
-      disconnect is then never answered);
-    - a POST to a session its client just closed is a 400, not a 500 (python-engineio's POST
-      path lets the ``KeyError`` for a closed session escape).
-    """
-
-    async def disconnect(self, sid: str | None = None) -> None:
-        if sid is None:
-            await super().disconnect()
-            return
-        socket = self.sockets.get(sid)
-        if socket is not None and not socket.closed:
-            await socket.close(wait=False, abort=False, reason=self.reason.SERVER_DISCONNECT)
-        self.sockets.pop(sid, None)
-
-    async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
-        scope = args[0] if args else None
-        if isinstance(scope, dict) and scope.get("method") == "POST":
-            sid = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("sid", [""])[0]
-            socket = self.sockets.get(sid)
-            if socket is not None and socket.closed:
-                del self.sockets[sid]  # python-engineio then answers "Invalid session"
-        return await super().handle_request(*args, **kwargs)
-
-    def create_queue(self, *args: Any, **kwargs: Any) -> Any:
-        if args or kwargs:  # not a client's outgoing queue
-            return super().create_queue(*args, **kwargs)
-        return _CountingQueue()
-
-
-class _GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
-    """python-socketio's server with these changes (pinned to python-socketio 5.x internals):
-
-    - handlers learn whether the client asked for an acknowledgement (python-socketio hides the
-      ack id), so a refusal reaches the client exactly once: the ack, else an ``error`` event;
-    - a client event named like a server-only handler never reaches that handler;
-    - a CONNECT that arrives on an Engine.IO session that timed out while the connect handler
-      ran leaves at once (python-socketio would mark the dead session connected for good);
-    - ``on_connected`` runs once the CONNECT packet is queued, so what a client missed is
-      replayed after it (python-socketio has no such hook);
-    - every client's outgoing queue counts its bytes (``_CountingQueue``).
-    """
-
-    on_connected: Any = None
-
-    def _engineio_server_class(self) -> type[engineio.AsyncServer]:
-        return _EngineIOServer
-
-    async def _handle_event_internal(
-        self, server: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: Any
-    ) -> None:
-        _ack_requested.set(id is not None)
-        if data and data[0] in _SERVER_ONLY_EVENTS:
-            data = [_RESERVED_EVENT, data[0]]
-        await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
-
-    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
-        await super()._handle_connect(eio_sid, namespace, data)
-        namespace = namespace or NAMESPACE
-        socket = self.eio.sockets.get(eio_sid)
-        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-        if sid is not None and (socket is None or socket.closed):
-            await self._handle_disconnect(eio_sid, namespace, self.reason.TRANSPORT_CLOSE)
-        elif sid is not None and self.on_connected is not None:
-            await self.on_connected(sid)
 
 
 @dataclass
@@ -214,7 +74,7 @@ class _Client:
     """After a replay: live events up to this id were replayed from the history (which can
     be ahead of the live stream), so the pump skips them; cleared past it."""
 
-    def fresh(self, events: list[tuple[Event, _Frame]]) -> list[_Frame]:
+    def fresh(self, events: list[tuple[Event, Frame]]) -> list[Frame]:
         """The frames of ``events`` this client has not already had from its replay."""
         skip_to = self.replayed_up_to
         if skip_to is None:
@@ -245,7 +105,7 @@ class SocketIOTransport:
         self._identity = identity
         self._addresses = addresses
         origins = settings.cors_origins
-        self.server = _GuardedServer(
+        self.server = GuardedServer(
             async_mode="asgi",
             # None: same origin only (python-socketio compares Origin with Host).
             cors_allowed_origins="*" if "*" in origins else (list(origins) or None),
@@ -286,7 +146,7 @@ class SocketIOTransport:
                 # decode would end its reader without closing the session (a ghost user until
                 # the ping timeout). Such a frame ends the connection here instead.
                 message = await connection.receive()
-                if message["type"] == "websocket.receive" and not _decodable(message):
+                if message["type"] == "websocket.receive" and not decodable(message):
                     logger.info("closing a websocket: it sent a frame that is not Engine.IO")
                     metrics.refused.labels("frame").inc()
                     return WEBSOCKET_GONE
@@ -360,7 +220,7 @@ class SocketIOTransport:
             # went out at once, it reaches this client too: python-socketio already lists it.)
             # This is sent before python-socketio acknowledges the connection: the official
             # clients hold events that arrive before the CONNECT packet and deliver them after it.
-            count = _Frame(self._presence.count_event().socketio_text)
+            count = Frame(self._presence.count_event().socketio_text)
             await self._deliver(self._eio_sid(sid), count)
 
     async def _on_connected(self, sid: str) -> None:
@@ -373,13 +233,13 @@ class SocketIOTransport:
         try:
             missed = await missed_since(self._broker, client.resume_from)
             if missed.gap is not None:
-                await self._deliver(eio_sid, _Frame(missed.gap.socketio_text))
+                await self._deliver(eio_sid, Frame(missed.gap.socketio_text))
             for event in missed.events:
-                await self._deliver(eio_sid, _Frame(event.socketio_text_with_id))
+                await self._deliver(eio_sid, Frame(event.socketio_text_with_id))
             client.replayed_up_to = missed.last_id
             while client.pending:
                 held, client.pending = client.pending, []
-                for frame in client.fresh([(e, _Frame(e.socketio_text_with_id)) for e in held]):
+                for frame in client.fresh([(e, Frame(e.socketio_text_with_id)) for e in held]):
                     await self._deliver(eio_sid, frame)
         finally:
             client.pending = None  # live from here: the pump sends to it directly
@@ -431,14 +291,14 @@ class SocketIOTransport:
         return {"ok": True, "id": event_id}
 
     async def _on_unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, Any] | None:
-        if event == _RESERVED_EVENT:
+        if event == RESERVED_EVENT:
             event = str(args[0])
             return await self._refuse(sid, event, f"event {event!r} is reserved for the server")
         return await self._refuse(sid, event, f"unknown event {event!r}")
 
     async def _refuse(self, sid: str, event: str, error: str) -> dict[str, Any] | None:
         self._metrics.refused.labels("client event").inc()
-        if _ack_requested.get(False):
+        if ack_requested.get(False):
             return {"ok": False, "error": error}
         await self.server.emit(ERROR, {"event": event, "error": error}, to=sid)
         return None
@@ -449,15 +309,15 @@ class SocketIOTransport:
         try:
             while True:
                 batch = await subscriber.next_batch()
-                plain: list[_Frame] = []
+                plain: list[Frame] = []
                 sendable: list[Event] = []
                 for event in batch:
                     try:
-                        plain.append(_Frame(event.socketio_text))
+                        plain.append(Frame(event.socketio_text))
                         sendable.append(event)
                     except Exception:  # one bad event must never stop the fan-out
                         logger.exception("dropped event %r: it cannot be encoded", event.name)
-                with_ids: list[tuple[Event, _Frame]] | None = None  # built when first needed
+                with_ids: list[tuple[Event, Frame]] | None = None  # built when first needed
                 recipients = 0
                 too_slow: list[str] = []
                 sockets = self.server.eio.sockets
@@ -473,7 +333,7 @@ class SocketIOTransport:
                     frames = plain
                     if client is not None:
                         if with_ids is None:
-                            with_ids = [(e, _Frame(e.socketio_text_with_id)) for e in sendable]
+                            with_ids = [(e, Frame(e.socketio_text_with_id)) for e in sendable]
                         frames = client.fresh(with_ids)
                     for frame in frames:
                         await self._put(socket, frame)
@@ -509,7 +369,7 @@ class SocketIOTransport:
         socket.queue.clear()
         self._metrics.evicted.labels("too slow").inc()
         notice = Event(ERROR, {"event": None, "error": f"disconnected: {reason}"})
-        await self._put(socket, _Frame(notice.socketio_text))
+        await self._put(socket, Frame(notice.socketio_text))
         await socket.close(wait=False, abort=False, reason=reason)
         if socket.upgraded:  # a websocket: end its writer after the close packet
             socket.queue.put_nowait(None)
@@ -517,19 +377,6 @@ class SocketIOTransport:
     def _eio_sid(self, sid: str) -> str:
         eio_sid: str = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
         return eio_sid
-
-
-def _decodable(message: Any) -> bool:
-    data = message.get("bytes")
-    if data is None:
-        data = message.get("text")
-    if data is None:
-        return False
-    try:
-        eio_packet.Packet(encoded_packet=data)
-    except Exception:
-        return False
-    return True
 
 
 def _resume_from(auth: dict[str, Any]) -> str | None:
