@@ -1,4 +1,5 @@
-"""Load generator for broadcast and the Node reference peer: storm | fanout | churn | footprint.
+"""Load generator for broadcast and the Node reference peer: storm | fanout | churn | footprint
+| soak.
 
 Speaks the wire formats itself (``bench/wire.py``: Engine.IO v4 over raw RFC 6455 WebSocket,
 SSE over raw HTTP/1.1), so that one process on one core can hold thousands of clients and read
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import gc
 import json
+import math
 import os
 import random
 import sys
@@ -444,7 +446,9 @@ class Run:
             self.peak_cpu_pct = max(self.peak_cpu_pct, pct)
             self.phase.peak_cpu_pct = max(self.phase.peak_cpu_pct, pct)
             tick += 1
-            if tick % 4 == 0:
+            # The soak reports by itself: a line every 2 s for 10 minutes says nothing more.
+            quiet = self.o.scenario == "soak" and self.phase.name in ("soak", "memory")
+            if tick % 4 == 0 and not quiet:
                 fan = self.fan
                 self.log(
                     f"{self.phase.name}: open={len(self.open_list)} pending={self.pending} "
@@ -532,7 +536,11 @@ async def establish_baseline(run: Run) -> None:
         run.log(f"WARNING: server already reports {sc} users; using it as the baseline")
 
 
-async def connect_phase(run: Run, name: str, kinds: list[str]) -> dict[str, Any]:
+async def connect_phase(
+    run: Run, name: str, kinds: list[str], within: float | None = None
+) -> dict[str, Any]:
+    """Connect ``kinds`` clients; wait until every open client holds the count (at most
+    ``within`` s, when given: beyond it the scenario fails)."""
     run.begin_phase(name)
     run.set_target(run.baseline + len(run.open_list) + len(kinds))
     for k in kinds:
@@ -542,8 +550,9 @@ async def connect_phase(run: Run, name: str, kinds: list[str]) -> dict[str, Any]
     run.log(f"{name}: every connect settled in {connect_ms:.0f} ms, open={len(run.open_list)}")
     if kinds and not run.open_list:
         raise ScenarioFailed("no client could connect", 1)
-    tc = await run.wait_converged()
-    assert tc is not None
+    tc = await run.wait_converged(within)
+    if tc is None:
+        raise ScenarioFailed(f"{name}: clients did not all hold the count within {within}s", 2)
     clients = len(run.open_list)
     return run.end_phase(
         clients=clients,
@@ -882,11 +891,201 @@ async def footprint(run: Run) -> dict[str, Any]:
     return {"footprint": result}
 
 
+def rss_now(run: Run) -> int | None:
+    p = read_proc(run.o.server_pid)
+    rss = p.get("rss_kb") if p else None
+    return int(rss) if rss is not None else None
+
+
+def mb_text(kb: int | None) -> str:
+    return f"{kb / 1024:.1f}" if kb is not None else "?"
+
+
+async def soak(run: Run) -> dict[str, Any]:
+    """A long run around a target population (--clients): Socket.IO and SSE clients join and
+    leave at random (--soak-rate operations/s, the population kept within N(1±--soak-spread))
+    for --soak-seconds, with progress every --soak-report s. Then every open client's last
+    ``user count`` and the server's own count must equal the number of clients open; then all
+    leave, and the server's RSS must come back within --rss-tolerance of where it was at the
+    start (after a warm-up), within --rss-wait s."""
+    o = run.o
+    rnd = random.Random(o.seed)
+    checks: dict[str, bool] = {}
+    result: dict[str, Any] = {
+        "seconds": o.soak_seconds,
+        "target_clients": o.clients,
+        "rate_per_s": o.soak_rate,
+        "spread": o.soak_spread,
+        "rss_tolerance": o.rss_tolerance,
+        "checks": checks,
+    }
+    # Warm up: the first connections of each transport load code and fill caches (start-up
+    # cost, not memory the soak should give back); the baseline is taken after them.
+    result["rss_cold_kb"] = (run.srv_before or {}).get("rss_kb")
+    warm = [kind_for(i, o.sse_ratio) for i in range(min(40, o.clients))]
+    await connect_phase(run, "warmup", warm, within=o.settle)
+    await close_all(run)
+    rss_start = await rss_kb(run, 1.0)
+    result["rss_start_kb"] = rss_start
+
+    ramp = await connect_phase(
+        run, "ramp", [kind_for(i, o.sse_ratio) for i in range(o.clients)], within=o.settle
+    )
+    result["ramp_converge_ms"] = ramp["converge_ms"]
+
+    run.begin_phase("soak")
+    run.target, run.at_target = -1, 0  # nothing to converge to while clients come and go
+    lo = max(1, int(o.clients * (1 - o.soak_spread)))
+    hi = max(lo + 1, math.ceil(o.clients * (1 + o.soak_spread)))
+    joins = leaves = 0
+    budget = 0.0
+    t0 = last = now()
+    end = t0 + o.soak_seconds
+    next_report = t0 + o.soak_report
+    samples: list[dict[str, Any]] = []
+    min_open = max_open = len(run.open_list)
+    srv_last, t_last = read_proc(o.server_pid), t0
+    peak_rss = rss_start or 0
+    run.log(
+        f"soak: {o.soak_seconds:g} s around {o.clients} clients (within {lo}..{hi}), "
+        f"{o.soak_rate:g} joins+leaves/s; server RSS at the start {mb_text(rss_start)} MB"
+    )
+    while True:  # bounded by --soak-seconds (the loop ends at `end`)
+        await asyncio.sleep(0.02)  # the pace of joins and leaves (no waiting on anything)
+        t = now()
+        budget += (t - last) * o.soak_rate
+        last = t
+        while budget >= 1:
+            budget -= 1
+            live = len(run.open_list) + run.pending
+            join = live <= lo or (live < hi and rnd.random() < 0.5)
+            if join:
+                run.enqueue(run.new_client("sse" if rnd.random() < o.sse_ratio else "ws"))
+                joins += 1
+            elif run.open_list:
+                run.close_client(run.open_list[rnd.randrange(len(run.open_list))])
+                leaves += 1
+        min_open = min(min_open, len(run.open_list))
+        max_open = max(max_open, len(run.open_list))
+        if t >= next_report or t >= end:
+            next_report += o.soak_report
+            srv = read_proc(o.server_pid)
+            cpu_pct = None
+            if srv and srv_last and "cpu_ms" in srv and "cpu_ms" in srv_last and t > t_last:
+                cpu_pct = r1((srv["cpu_ms"] - srv_last["cpu_ms"]) / (t - t_last) / 10)
+            srv_last, t_last = srv, t
+            rss = srv.get("rss_kb") if srv else None
+            if isinstance(rss, int):
+                peak_rss = max(peak_rss, rss)
+            sc = await run.server_count(limit_s=5.0)
+            sample = {
+                "t_s": r1(t - t0),
+                "open": len(run.open_list),
+                "connecting": run.pending,
+                "joins": joins,
+                "leaves": leaves,
+                "server_count": sc,
+                "rss_kb": rss,
+                "server_cpu_pct": cpu_pct,
+                "errors": dict(run.errors),
+            }
+            samples.append(sample)
+            errs = run.errors
+            run.log(
+                f"soak {t - t0:5.0f}/{o.soak_seconds:g} s: population {len(run.open_list)} "
+                f"(+{run.pending} connecting), joins {joins}, leaves {leaves}, server count "
+                f"{sc}, server RSS {mb_text(rss if isinstance(rss, int) else None)} MB "
+                f"(start {mb_text(rss_start)}), server cpu {cpu_pct}%, errors: "
+                f"connect {errs['connect']} dropped {errs['dropped']} protocol {errs['protocol']}"
+            )
+        if t >= end:
+            break
+    run.end_phase(joins=joins, leaves=leaves, min_open=min_open, max_open=max_open)
+    result.update(joins=joins, leaves=leaves, min_open=min_open, max_open=max_open, samples=samples)
+
+    # Every connect settled, then: every client holds the true count, and so does the server.
+    run.begin_phase("settle")
+    try:
+        await asyncio.wait_for(run.wait_idle(), o.connect_timeout + 10)
+    except TimeoutError:
+        raise ScenarioFailed("connects still pending after the soak", 2, {"soak": result}) from None
+    true_count = run.baseline + len(run.open_list)
+    run.set_target(true_count)
+    tc = await run.wait_converged(o.settle)
+    mismatch = len(run.open_list) - run.at_target
+    sc = await run.server_count()
+    deadline = now() + o.settle
+    while isinstance(sc, int) and sc != true_count and now() < deadline:
+        await asyncio.sleep(0.1)  # polling the server's count until it agrees, or the deadline
+        sc = await run.server_count()
+    run.end_phase(clients=len(run.open_list), expected_count=true_count, server_count=sc)
+    result.update(
+        final_clients=len(run.open_list),
+        true_count=true_count,
+        converge_ms=r1((tc - run.phase.t0) * 1000) if tc is not None else None,
+        clients_off_count=mismatch,
+        server_count=sc,
+        server_mismatch=sc - true_count if isinstance(sc, int) else None,
+    )
+    if mismatch:
+        result["stragglers"] = stragglers(run)
+    checks["clients hold the true count"] = mismatch == 0
+    checks["server count is the true count"] = sc == true_count
+
+    # Everyone leaves; the server's count returns to its baseline and its RSS to the start's.
+    teardown = await close_all(run)
+    result["server_count_after"] = teardown["server_count_after"]
+    checks["server count back to baseline"] = teardown["server_count_after"] == run.baseline
+    run.begin_phase("memory")
+    limit = int(rss_start * (1 + o.rss_tolerance)) if rss_start is not None else None
+    rss = rss_now(run)
+    rss_min = rss
+    deadline = now() + o.rss_wait
+    while rss is not None and limit is not None and rss > limit and now() < deadline:
+        await asyncio.sleep(0.5)  # polling RSS until it is back, or the deadline
+        rss = rss_now(run)
+        if rss is not None and rss_min is not None:
+            rss_min = min(rss_min, rss)
+    returned = rss is not None and limit is not None and rss <= limit
+    run.end_phase(rss_kb=rss, rss_limit_kb=limit)
+    srv = read_proc(o.server_pid) or {}
+    result.update(
+        rss_peak_kb=max(peak_rss, int(srv.get("hwm_kb") or 0)),
+        rss_end_kb=rss,
+        rss_min_after_kb=rss_min,
+        rss_limit_kb=limit,
+        rss_end_vs_start_pct=r1((rss - rss_start) / rss_start * 100)
+        if rss is not None and rss_start
+        else None,
+        rss_returned_ms=r1((now() - run.phase.t0) * 1000) if returned else None,
+    )
+    if limit is not None:  # no --server-pid: RSS is not measured, so not checked
+        checks[f"RSS within {o.rss_tolerance:.0%} of the start"] = returned
+    errs = run.errors
+    checks["no connect error, drop or protocol error"] = (
+        errs["connect"] + errs["dropped"] + errs["protocol"] == 0
+    )
+    result["passed"] = all(checks.values())
+    run.log(
+        f"soak done: {joins} joins, {leaves} leaves; clients off the count {mismatch}, server "
+        f"count {sc} for {true_count}; RSS start {mb_text(rss_start)} MB, peak "
+        f"{mb_text(result['rss_peak_kb'])}, after all left {mb_text(rss)} (limit "
+        f"{mb_text(limit)}); "
+        + ("PASSED" if result["passed"] else "FAILED: ")
+        + ", ".join(k for k, v in checks.items() if not v)
+    )
+    if not result["passed"]:
+        failed = ", ".join(k for k, v in checks.items() if not v)
+        raise ScenarioFailed(f"soak targets missed: {failed}", 1, {"soak": result})
+    return {"soak": result}
+
+
 SCENARIOS: dict[str, Callable[[Run], Any]] = {
     "storm": storm,
     "fanout": fanout,
     "churn": churn,
     "footprint": footprint,
+    "soak": soak,
 }
 
 
@@ -1020,6 +1219,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=10.0, help="fanout/churn stragglers (s)")
     p.add_argument("--footprint-transport", choices=("ws", "sse"), default="ws")
     p.add_argument("--footprint-settle", type=float, default=1.0, help="quiet before RSS (s)")
+    p.add_argument("--soak-seconds", type=float, default=600.0, help="soak: duration (s)")
+    p.add_argument("--soak-rate", type=float, default=20.0, help="soak: joins+leaves per second")
+    p.add_argument("--soak-spread", type=float, default=0.1, help="soak: open within N(1±F)")
+    p.add_argument("--soak-report", type=float, default=30.0, help="soak: progress every S s")
+    p.add_argument("--rss-tolerance", type=float, default=0.1, help="soak: RSS back within F")
+    p.add_argument("--rss-wait", type=float, default=90.0, help="soak: for RSS to come back (s)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-uvloop", action="store_true", help="plain asyncio event loop")
     p.add_argument("--out", default=None, help="also append the JSON line to this file")
@@ -1031,6 +1236,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--sse-ratio must be within 0..1")
     if o.scenario == "churn":
         o.timeout = max(o.timeout, o.duration + 2 * o.settle + 30)
+    if o.scenario == "soak":
+        if o.soak_seconds <= 0 or o.soak_rate < 0 or o.soak_report <= 0:
+            p.error("--soak-seconds and --soak-report must be > 0, --soak-rate >= 0")
+        bound = o.soak_seconds + 4 * o.settle + 2 * o.drain + o.connect_timeout + o.rss_wait
+        o.timeout = max(o.timeout, bound + 60)
     return o
 
 

@@ -4,7 +4,8 @@ For every scenario and size it starts a fresh server pinned to one core (ours, t
 peer), runs ``bench/loadgen.py`` pinned to the other core against it, stops it, and keeps the
 load generator's JSON. At the end: a table on stdout (ours, node, ours/node), the JSON of every
 run in bench/results/<timestamp>.json (with a Markdown table and a plot beside it) and the
-servers' logs in bench/results/<timestamp>-logs/.
+servers' logs in bench/results/<timestamp>-logs/. ``--soak`` runs the soak (ours only): ten minutes
+of joins and leaves around 2,000 clients, then exact counts and the memory back.
 
 See docs/performance.md.
 """
@@ -40,14 +41,20 @@ from bench.servers import (
 )
 
 BENCH = Path(__file__).resolve().parent
-SCENARIOS = ("storm", "fanout", "churn", "footprint")
+SCENARIOS = ("storm", "fanout", "churn", "footprint", "soak")
+DEFAULT_SCENARIOS = ("storm", "fanout", "churn", "footprint")  # the soak runs when asked for
+OURS_ONLY = ("soak",)  # scenarios the Node peer does not run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="bench/run", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
+    p.add_argument(
+        "--scenarios",
+        default=None,
+        help=f"comma-separated, of {','.join(SCENARIOS)} (default {','.join(DEFAULT_SCENARIOS)})",
+    )
     p.add_argument("--sizes", default=None, help="clients for storm (and fanout): 500,1000,2000")
     p.add_argument("--fanout-sizes", default=None, help="clients for fanout (default: --sizes)")
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run under a minute")
@@ -59,6 +66,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--churn-duration", type=float, default=None, help="seconds (default 20)")
     p.add_argument("--churn-rate", type=float, default=100.0, help="joins+leaves per second")
     p.add_argument("--footprint-clients", type=int, default=None, help="default 1000")
+    p.add_argument(
+        "--soak",
+        action="store_true",
+        help="run the soak (ours only): alone, or with the --scenarios given",
+    )
+    p.add_argument("--soak-seconds", type=float, default=None, help="default 600 (quick: 20)")
+    p.add_argument("--soak-clients", type=int, default=None, help="default 2000 (quick: 200)")
+    p.add_argument(
+        "--soak-rate", type=float, default=20.0, help="soak: joins+leaves/s (default 20)"
+    )
+    p.add_argument(
+        "--soak-report", type=float, default=None, help="soak: progress every S s (30; quick 5)"
+    )
+    p.add_argument(
+        "--rss-tolerance",
+        type=float,
+        default=0.1,
+        help="soak: RSS back within this fraction of the start (0.1)",
+    )
+    p.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for our server only (repeat), e.g. PYTHONMALLOC=malloc",
+    )
     p.add_argument("--target", default=None, help="drive this running server instead of ours")
     p.add_argument("--target-pid", type=int, default=None, help="its PID, for CPU/RSS figures")
     p.add_argument("--no-node", action="store_true", help="skip the Node reference peer")
@@ -72,7 +105,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out-dir", type=Path, default=BENCH / "results")
     o = p.parse_args(argv)
-    o.scenarios = [s.strip() for s in o.scenarios.split(",") if s.strip()]
+    if o.scenarios is None:
+        o.scenarios = "soak" if o.soak else ",".join(DEFAULT_SCENARIOS)
+    elif o.soak:
+        o.scenarios += ",soak"
+    o.scenarios = list(dict.fromkeys(s.strip() for s in o.scenarios.split(",") if s.strip()))
     unknown = set(o.scenarios) - set(SCENARIOS)
     if unknown:
         p.error(f"unknown scenario(s) {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
@@ -84,6 +121,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.churn_clients = o.churn_clients or (200 if q else 1000)
     o.churn_duration = o.churn_duration or (4.0 if q else 20.0)
     o.footprint_clients = o.footprint_clients or (200 if q else 1000)
+    o.soak_seconds = o.soak_seconds or (20.0 if q else 600.0)
+    o.soak_clients = o.soak_clients or (200 if q else 2000)
+    o.soak_report = o.soak_report or (5.0 if q else 30.0)
+    env = {}
+    for item in o.server_env:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            p.error(f"--server-env wants NAME=VALUE, not {item!r}")
+        env[name] = value
+    o.server_env = env
     if o.target:
         u = urlsplit(o.target)
         if u.hostname not in ("127.0.0.1", "localhost", "::1"):
@@ -213,14 +260,25 @@ class Bench:
                 args = ["--footprint-transport", kind, "--footprint-settle", settle]
                 label = f"{'SSE' if kind == 'sse' else 'Socket.IO'} N={n}"
                 out.append(("footprint", label, n, args, 60 + 0.05 * n))
+        if "soak" in o.scenarios:
+            n, d = o.soak_clients, o.soak_seconds
+            args = [
+                *common, "--soak-seconds", str(d), "--soak-rate", str(o.soak_rate),
+                "--soak-report", str(o.soak_report), "--rss-tolerance", str(o.rss_tolerance),
+                "--settle", "30",
+            ]  # fmt: skip
+            out.append(("soak", f"N={n} {d:g}s", n, args, d + 300 + 0.05 * n))
         return out
 
     def specs(self) -> list[ServerSpec | str]:
         """What to drive: our spec (or the --target URL), then the Node peer's."""
         o = self.o
         targets: list[ServerSpec | str] = []
-        targets.append(o.target or ours_spec(o.server_core, self.token, o.backlog, o.worker_class))
-        if not o.no_node:
+        targets.append(
+            o.target
+            or ours_spec(o.server_core, self.token, o.backlog, o.worker_class, o.server_env)
+        )
+        if not o.no_node and any(s not in OURS_ONLY for s in o.scenarios):
             try:
                 peer = prepare_peer(o.shared, o.peer_dir)
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
@@ -256,7 +314,8 @@ class Bench:
         cmd = [
             "taskset", "-c", str(self.o.loadgen_core), sys.executable, "-m", "bench.loadgen",
             "--url", url, "--scenario", scenario, "--clients", str(n),
-            "--timeout", f"{timeout:.0f}", "--stats-path", stats_path, "--token", self.token,
+            "--timeout", f"{timeout:.0f}", "--stats-path", stats_path,
+            f"--token={self.token}",  # one word: a generated token may start with "-"
             *args,
         ]  # fmt: skip
         if pid:
@@ -323,6 +382,12 @@ class Bench:
         log(f"{len(cases)} case(s) x {len(targets)} server(s); results -> {o.out_dir}")
         for scenario, case, n, args, timeout in cases:
             for target in targets:
+                if (
+                    scenario in OURS_ONLY
+                    and isinstance(target, ServerSpec)
+                    and target.name != "ours"
+                ):
+                    continue
                 try:
                     self.runs.append(self.run_one(target, scenario, case, n, args, timeout))
                 except RuntimeError as exc:  # the server did not start
@@ -352,7 +417,19 @@ def main(argv: list[str] | None = None) -> int:
         log("WARNING: the server and the load generator share a core; figures mean little")
     # This process only waits; keep it off the server's core too.
     os.sched_setaffinity(0, {o.loadgen_core})
-    need = max(o.sizes + o.fanout_sizes + [o.churn_clients * 2, o.footprint_clients]) * 2 + 200
+    need = (
+        max(
+            [
+                *o.sizes,
+                *o.fanout_sizes,
+                o.churn_clients * 2,
+                o.footprint_clients,
+                o.soak_clients * 2,
+            ]
+        )
+        * 2
+        + 200
+    )
     limits = raise_fd_limit(need)
     for tool in ("taskset",):
         if shutil.which(tool) is None:

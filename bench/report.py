@@ -62,6 +62,29 @@ def storm(*keys: str) -> Getter:
     return lambda r: dig(r, "result", "storm", *keys)
 
 
+def soak(*keys: str) -> Getter:
+    """A soak figure, also from a failed soak (its result is then under ``detail``)."""
+
+    def get(r: Run) -> Any:
+        found = dig(r, "result", "soak", *keys)
+        return found if found is not None else dig(r, "result", "detail", "soak", *keys)
+
+    return get
+
+
+def soak_ops(r: Run) -> int | None:
+    joins, leaves = soak("joins")(r), soak("leaves")(r)
+    return joins + leaves if isinstance(joins, int) and isinstance(leaves, int) else None
+
+
+def soak_verdict(r: Run) -> str | None:
+    checks = soak("checks")(r)
+    if not isinstance(checks, dict):
+        return None
+    failed = [name for name, ok in checks.items() if not ok]
+    return "FAIL: " + "; ".join(failed) if failed else f"pass ({len(checks)} of {len(checks)})"
+
+
 # (metric, getter, which way is better) per scenario; "lower"/"higher"/"zero"/"" (information)
 METRICS: dict[str, list[tuple[str, Getter, str]]] = {
     "storm": [
@@ -139,6 +162,21 @@ METRICS: dict[str, list[tuple[str, Getter, str]]] = {
             "lower",
         ),
         ("connect errors + drops", errors, "zero"),
+    ],
+    "soak": [
+        ("joins + leaves", soak_ops, ""),
+        ("population min", soak("min_open"), ""),
+        ("population max", soak("max_open"), ""),
+        ("clients off the true count", soak("clients_off_count"), "zero"),
+        ("server count - true count", soak("server_mismatch"), "zero"),
+        ("connect errors + drops", errors, "zero"),
+        ("server RSS at the start (MB)", lambda r: mb(soak("rss_start_kb")(r)), "lower"),
+        ("server RSS peak (MB)", lambda r: mb(soak("rss_peak_kb")(r)), "lower"),
+        ("server RSS after all left (MB)", lambda r: mb(soak("rss_end_kb")(r)), "lower"),
+        ("after all left vs start (%)", soak("rss_end_vs_start_pct"), "lower"),
+        ("RSS back within target after (s)", lambda r: per_s(soak("rss_returned_ms")(r)), ""),
+        ("server CPU (%)", lambda r: dig(r, "result", "server", "cpu_pct"), ""),
+        ("targets", soak_verdict, ""),
     ],
 }
 

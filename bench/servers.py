@@ -181,9 +181,12 @@ def child_pids(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
-def ours_spec(core: int, token: str, backlog: int, worker_class: str) -> ServerSpec:
+def ours_spec(
+    core: int, token: str, backlog: int, worker_class: str, extra_env: dict[str, str] | None = None
+) -> ServerSpec:
     """broadcast as ``scripts/run`` serves it, in one process (``--workers 0``: hypercorn runs
-    the app in the process it was started as, so the PID we measure is the one serving)."""
+    the app in the process it was started as, so the PID we measure is the one serving), with
+    ``extra_env`` (``--server-env``) on top."""
     env = dict(os.environ)
     env.update(
         {
@@ -195,6 +198,7 @@ def ours_spec(core: int, token: str, backlog: int, worker_class: str) -> ServerS
             "PYTHONUNBUFFERED": "1",
         }
     )
+    env.update(extra_env or {})
     argv = [
         "taskset",
         "-c",

@@ -251,8 +251,11 @@ class SocketIOTransport:
             return
         self._addresses.closed(client.address)
         self._presence.leave(TRANSPORT, client.username)
-        # Why every client left; the ordinary goodbye at debug level, anything else at info.
-        level = logging.DEBUG if reason == self.server.reason.CLIENT_DISCONNECT else logging.INFO
+        # Why every client left: ordinary goodbyes (the client said so, or closed its
+        # connection: a tab closed) at debug level, anything else (too slow, ping timeout, the
+        # server's own disconnect) at info, so churn does not flood the log.
+        ordinary = (self.server.reason.CLIENT_DISCONNECT, self.server.reason.TRANSPORT_CLOSE)
+        level = logging.DEBUG if reason in ordinary else logging.INFO
         logger.log(level, "Socket.IO client %s (%s) left: %s", sid, client.address, reason)
         if reason == self.server.reason.CLIENT_DISCONNECT:
             self._release_pending_poll(sid)
