@@ -22,6 +22,7 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 from litestar import Request, get
 from litestar.exceptions import (
     ClientException,
@@ -78,13 +79,25 @@ class _WatchedEventSourceResponse(EventSourceResponse):
         self.connection: WatchedConnection | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        self.connection = self._watchdog.watch(send, receive, HTTP_GONE)
+        # sse-starlette's own __call__ runs three tasks per stream besides the ping: the
+        # stream, the disconnect listener, and a listener for uvicorn's exit signal, which
+        # never fires under hypercorn (the app drains its streams itself). This runs the first
+        # two, on sse-starlette's own methods: one task less per idle client.
+        connection = self.connection = self._watchdog.watch(send, receive, HTTP_GONE)
         try:
-            await super().__call__(scope, self.connection.receive, self.connection.send)
-        except ClientTooSlow:
+            async with anyio.create_task_group() as group:
+
+                async def stream() -> None:
+                    await self._stream_response(connection.send)
+                    group.cancel_scope.cancel()
+
+                group.start_soon(stream)
+                await self._listen_for_disconnect(connection.receive)
+                group.cancel_scope.cancel()
+        except* ClientTooSlow:
             pass  # cut off by the watchdog or over its budget; the stream's finally ran
         finally:
-            self._watchdog.forget(self.connection)
+            self._watchdog.forget(connection)
 
     async def _send_with_timeout(self, send: Any, message: Any) -> None:
         await send(message)  # the watchdog times it
