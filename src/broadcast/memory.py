@@ -26,7 +26,6 @@ Windows, musl) only the collection runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import gc
 import logging
@@ -35,6 +34,8 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from broadcast.background import BackgroundTask
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class MemoryReturn:
         self._followup_at: float | None = None
         self._checked: tuple[float, float] | None = None  # (wall, cpu) at the last check
         self.releases = 0
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("memory-return")
 
     @classmethod
     def for_this_platform(cls, connections: Callable[[], int]) -> MemoryReturn:
@@ -151,14 +152,10 @@ class MemoryReturn:
         )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="memory-return")
+        self._task.start(self.run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def run(self) -> None:
         """Check every ``check_seconds`` until cancelled."""

@@ -14,7 +14,6 @@ an origin that is not allowed is refused (403) rather than streamed to a page th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import Parameter
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from broadcast.background import BackgroundTask
 from broadcast.broker import Broker, Subscriber, SubscriberClosed
 from broadcast.events import Event
 from broadcast.identity import Identity
@@ -122,17 +122,13 @@ class SSETransport:
         self._retry_frame = ServerSentEvent(retry=settings.sse_retry_ms, sep="\n").encode()
         self._delivered = broker.metrics.delivered.labels(TRANSPORT)
         self._streams: set[Subscriber] = set()
-        self._keep_alive: asyncio.Task[None] | None = None
+        self._keep_alive = BackgroundTask("sse-keep-alive")
 
     async def start(self) -> None:
-        self._keep_alive = asyncio.create_task(self._send_keep_alives(), name="sse-keep-alive")
+        self._keep_alive.start(self._send_keep_alives())
 
     async def stop(self) -> None:
-        if self._keep_alive is not None:
-            self._keep_alive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keep_alive
-            self._keep_alive = None
+        await self._keep_alive.stop()
 
     async def _send_keep_alives(self) -> None:
         # One loop for every stream, rather than sse-starlette's ping task in each (a task per

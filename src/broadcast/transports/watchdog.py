@@ -16,13 +16,14 @@ where a timer per write (``asyncio.timeout``, anyio's ``move_on_after``) costs a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
 
 from litestar.types import Receive, Send
 from prometheus_client import Counter
+
+from broadcast.background import BackgroundTask
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class SendWatchdog:
         self.timeout = timeout
         self._evicted = evicted
         self._watched: set[WatchedConnection] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("send-watchdog")
 
     def watch(self, send: Send, receive: Receive, disconnect: dict[str, Any]) -> WatchedConnection:
         connection = WatchedConnection(send, receive, disconnect)
@@ -112,14 +113,10 @@ class SendWatchdog:
         return len(stuck)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="send-watchdog")
+        self._task.start(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _run(self) -> None:
         while True:
