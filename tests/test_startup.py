@@ -18,6 +18,7 @@ from tests.support import (
     HYPERCORN,
     PROJECT_ROOT,
     VENV_BIN,
+    Server,
     connect_sio,
     server_environment,
     sse_session,
@@ -54,6 +55,24 @@ def test_a_bad_setting_stops_startup_with_a_clear_message(
     assert result.returncode == 2, "broadcast serve exits non-zero"
 
 
+def allocator(server: Server) -> str | None:
+    """The server process's PYTHONMALLOC (its pid is the one started: the command re-execs)."""
+    environ = Path(f"/proc/{server.process.pid}/environ").read_bytes().split(b"\0")
+    for entry in environ:
+        if entry.startswith(b"PYTHONMALLOC="):
+            return entry.split(b"=", 1)[1].decode()
+    return None
+
+
+def test_broadcast_serve_keeps_an_allocator_chosen_in_the_environment(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONMALLOC", "pymalloc")
+    server = start_server(command=[str(VENV_BIN / "broadcast"), "serve"])
+    assert allocator(server) == "pymalloc"
+    assert server.user_count() == 0
+
+
 @pytest.mark.timeout(120)
 async def test_broadcast_serve_drains_promptly_on_sigterm(start_server: StartServer) -> None:
     server = start_server(command=[str(VENV_BIN / "broadcast"), "serve"])
@@ -66,6 +85,7 @@ async def test_broadcast_serve_drains_promptly_on_sigterm(start_server: StartSer
             )
         )
         await until(lambda: server.user_count() == 200, 20, "200 connections")
+        assert allocator(server) == "malloc", "broadcast serve runs with glibc's allocator"
         started = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         await until(lambda: server.process.poll() is not None, 5, "the server to exit")

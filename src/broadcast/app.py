@@ -31,6 +31,7 @@ from broadcast.metrics import Metrics
 from broadcast.presence import Presence
 from broadcast.publish import create_publish_router, publish_tokens
 from broadcast.settings import ConfigError, Settings, load_settings, redact_url
+from broadcast.transports.direct import SERVER_SEND
 from broadcast.transports.socketio import SocketIOTransport
 from broadcast.transports.sse import SSETransport
 from broadcast.transports.watchdog import SendWatchdog
@@ -56,6 +57,16 @@ def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
         {"status_code": 500, "detail": "Internal Server Error"},
         status_code=HTTP_500_INTERNAL_SERVER_ERROR,
     )
+
+
+class BroadcastApp(Litestar):
+    """Litestar, keeping the ASGI server's own ``send`` in each connection's scope: Litestar
+    wraps it, and the fan-out finds the client's socket from the server's (``direct.py``)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -117,7 +128,7 @@ def create_app(settings: Settings) -> Litestar:
     async def index() -> File:
         return File(static / "index.html", content_disposition_type="inline")
 
-    return Litestar(
+    return BroadcastApp(
         route_handlers=[
             index,
             create_static_files_router(path="/static", directories=[static]),

@@ -26,6 +26,22 @@ from hypercorn.run import run
 
 from broadcast.settings import ConfigError, load_settings
 
+ALLOCATOR = "malloc"
+"""The allocator ``broadcast serve`` runs the server with, unless ``PYTHONMALLOC`` says
+otherwise: with glibc's, memory a peak of connections used goes back to the system once they
+leave; CPython's own keeps most of it (``memory.py``)."""
+
+
+def _with_allocator() -> None:
+    """Run this command again in a new interpreter with ``PYTHONMALLOC=malloc``, unless the
+    environment already chose one (the allocator is picked when Python starts)."""
+    if "PYTHONMALLOC" in os.environ:
+        return
+    env = {**os.environ, "PYTHONMALLOC": ALLOCATOR}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
 
 def _serve(args: argparse.Namespace) -> int:
     try:
@@ -33,6 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"broadcast: {exc}", file=sys.stderr)
         return 2
+    _with_allocator()
     config = Config()
     config.application_path = "broadcast.app:app"
     config.bind = args.bind or [f"{args.host}:{args.port}"]

@@ -69,6 +69,9 @@ class Subscriber:
         self.on_close: Callable[[str], None] | None = None
         """Called with the reason when the subscriber is closed (its consumer may be blocked
         elsewhere and learn it only later)."""
+        self.on_ready: Callable[[], None] | None = None
+        """For a consumer that is called rather than waiting in ``next_batch``: called when
+        events are queued or the subscriber is closed; the consumer then ``take``s them."""
         self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, event: Event) -> None:
@@ -117,6 +120,10 @@ class Subscriber:
                 await self._waiter
             finally:
                 self._waiter = None
+        return self.take()
+
+    def take(self) -> list[Event]:
+        """Every event queued, oldest first, without waiting (maybe none)."""
         if self.closed_reason is not None:
             raise SubscriberClosed(self.closed_reason)
         batch, self.backlog = self.backlog, []
@@ -124,8 +131,11 @@ class Subscriber:
         return batch
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        if self._waiter is not None:
+            if not self._waiter.done():
+                self._waiter.set_result(None)
+        elif self.on_ready is not None:
+            self.on_ready()
 
 
 class Hub:

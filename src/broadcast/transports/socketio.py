@@ -42,7 +42,9 @@ from broadcast.limits import AddressLimit
 from broadcast.presence import Presence
 from broadcast.replay import missed_since
 from broadcast.settings import Settings
+from broadcast.transports.direct import socket_of
 from broadcast.transports.socketio_server import (
+    CONNECTION,
     NAMESPACE,
     RESERVED_EVENT,
     Frame,
@@ -139,7 +141,8 @@ class SocketIOTransport:
             if scope["type"] != ScopeType.WEBSOCKET:
                 await asgi_app(scope, receive, send)
                 return
-            connection = watchdog.watch(send, receive, WEBSOCKET_GONE)
+            connection = watchdog.watch(send, receive, WEBSOCKET_GONE, socket_of(scope))
+            scope[CONNECTION] = connection  # type: ignore[literal-required]  # for the pump
 
             async def receive_decodable() -> Any:
                 # python-engineio decodes a frame outside its error handling: one it cannot
@@ -320,35 +323,64 @@ class SocketIOTransport:
                         sendable.append(event)
                     except Exception:  # one bad event must never stop the fan-out
                         logger.exception("dropped event %r: it cannot be encoded", event.name)
-                with_ids: list[tuple[Event, Frame]] | None = None  # built when first needed
-                recipients = 0
-                too_slow: list[str] = []
-                sockets = self.server.eio.sockets
-                for sid, eio_sid in self.server.manager.get_participants(NAMESPACE, None):
-                    client = self._resuming.get(sid) if self._resuming else None
-                    if client is not None and client.pending is not None:
-                        client.pending.extend(sendable)  # replaying: these go out after
-                        continue
-                    socket = sockets.get(eio_sid)
-                    if socket is None or socket.closed:
-                        continue
-                    recipients += 1
-                    frames = plain
-                    if client is not None:
-                        if with_ids is None:
-                            with_ids = [(e, Frame(e.socketio_text_with_id)) for e in sendable]
-                        frames = client.fresh(with_ids)
-                    for frame in frames:
-                        await self._put(socket, frame)
-                    if socket.queue.bytes > self._buffer_bytes and socket.queue.qsize() > 1:
-                        too_slow.append(eio_sid)
-                self._delivered.inc(recipients * len(plain))
-                for eio_sid in too_slow:
-                    await self._evict(eio_sid)
+                await self._fan_out(plain, sendable)
         except SubscriberClosed:
             pass
         finally:
             self._broker.unsubscribe(subscriber)
+
+    async def _fan_out(self, plain: list[Frame], sendable: list[Event]) -> None:
+        """Send one batch to every client, in order after what each was already sent.
+
+        A websocket client whose Engine.IO queue is idle (nothing on its way through ASGI) gets
+        the batch's WebSocket frames written straight to its socket, framed once for everyone
+        (``direct.py``); any other gets the packets on its Engine.IO queue, for its writer."""
+        with_ids: list[tuple[Event, Frame]] | None = None  # built when first needed
+        plain_bytes: bytes | None = None
+        recipients = 0
+        too_slow: list[str] = []
+        sockets = self.server.eio.sockets
+        websockets = self.server.eio.websockets
+        budget = self._buffer_bytes
+        for sid, eio_sid in self.server.manager.get_participants(NAMESPACE, None):
+            client = self._resuming.get(sid) if self._resuming else None
+            if client is not None and client.pending is not None:
+                client.pending.extend(sendable)  # replaying: these go out after
+                continue
+            socket = sockets.get(eio_sid)
+            if socket is None or socket.closed:
+                continue
+            recipients += 1
+            frames = plain
+            if client is not None:
+                if with_ids is None:
+                    with_ids = [(e, Frame(e.socketio_text_with_id)) for e in sendable]
+                frames = client.fresh(with_ids)
+            queue = socket.queue
+            connection = websockets.get(eio_sid) if websockets else None
+            if (
+                connection is not None
+                and queue.idle
+                and socket.upgraded
+                and not socket.upgrading
+                and connection.writable
+            ):
+                if frames is plain:
+                    if plain_bytes is None:
+                        plain_bytes = b"".join(frame.websocket for frame in plain)
+                    data = plain_bytes
+                else:
+                    data = b"".join(frame.websocket for frame in frames)
+                if data and connection.write(data) > budget:
+                    too_slow.append(eio_sid)
+                continue
+            for frame in frames:
+                await self._put(socket, frame)
+            if queue.bytes > budget and queue.qsize() > 1:
+                too_slow.append(eio_sid)
+        self._delivered.inc(recipients * len(plain))
+        for eio_sid in too_slow:
+            await self._evict(eio_sid)
 
     @staticmethod
     async def _put(socket: Any, frame: eio_packet.Packet) -> None:

@@ -4,8 +4,9 @@ python-engineio 4.x internals; each change says why).
 The transport (``socketio.py``) uses these instead of the stock classes: a server that tells
 handlers whether an acknowledgement was asked for, refuses client events named like its own,
 replays after CONNECT, and gives every client an outgoing queue that counts its bytes; an
-Engine.IO server that never hangs a request on a long-polling client's goodbye; and the frames
-the pump queues, which know their size.
+Engine.IO server that never hangs a request on a long-polling client's goodbye and lists the
+websocket connection of each session (for the pump's direct writes); and the frames the pump
+sends, which know their size and their WebSocket framing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from urllib.parse import parse_qs
 import engineio
 import socketio
 from engineio import packet as eio_packet
+from engineio.async_drivers import asgi as engineio_asgi
+
+from broadcast.transports.direct import websocket_text
+from broadcast.transports.watchdog import WatchedConnection
 
 NAMESPACE = "/"
 
@@ -31,13 +36,24 @@ _SERVER_ONLY_EVENTS = frozenset({"connect", "disconnect"})
 RESERVED_EVENT = "\x00reserved"
 """Stands in for a server-only event name, so the catch-all handler refuses it."""
 
+CONNECTION = "broadcast.connection"
+"""The scope key under which a websocket's ``WatchedConnection`` reaches python-engineio."""
+
 
 class Frame(eio_packet.Packet):  # type: ignore[misc]
-    """An Engine.IO MESSAGE packet that knows its size in bytes (for the client's buffer)."""
+    """An Engine.IO MESSAGE packet that knows its size in bytes (for the client's buffer) and
+    its WebSocket frame (for direct writes: the same bytes for every client)."""
 
     def __init__(self, text: str) -> None:
         super().__init__(eio_packet.MESSAGE, text)
         self.size = len(text.encode())
+        self._websocket: bytes | None = None
+
+    @property
+    def websocket(self) -> bytes:
+        if self._websocket is None:
+            self._websocket = websocket_text(self.encode().encode())
+        return self._websocket
 
 
 def packet_size(pkt: Any) -> int:
@@ -87,11 +103,39 @@ class CountingQueue(asyncio.Queue[Any]):
             self.bytes -= packet_size(item)
         return item
 
+    @property
+    def idle(self) -> bool:
+        """Its writer is waiting for packets: everything queued before has been sent (the
+        writer takes the next packets only once it has written the previous ones)."""
+        return bool(self._waiting) and not self._waiting[-1].done()
+
     def clear(self) -> None:
         """Drop everything queued (the client is being disconnected)."""
         while not self.empty():
             self.get_nowait()
             self.task_done()
+
+
+class _WebSocket(engineio_asgi.WebSocket):  # type: ignore[misc]
+    """python-engineio's ASGI websocket, which also lists its session's connection in
+    ``EngineIOServer.websockets`` while it runs."""
+
+    def __init__(self, handler: Any, server: Any) -> None:
+        super().__init__(handler, server)
+        self._server = server
+
+    async def __call__(self, environ: dict[str, Any]) -> Any:
+        session = getattr(self.handler, "__self__", None)  # the socket this websocket serves
+        connection = environ.get("asgi.scope", {}).get(CONNECTION)
+        websockets: dict[str, WatchedConnection] = self._server.websockets
+        if session is None or not isinstance(connection, WatchedConnection):
+            return await super().__call__(environ)
+        websockets[session.sid] = connection
+        try:
+            return await super().__call__(environ)
+        finally:
+            if websockets.get(session.sid) is connection:
+                del websockets[session.sid]
 
 
 class EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
@@ -102,8 +146,16 @@ class EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
       (python-engineio waits for a GET that may never come, and the POST that caused the
       disconnect is then never answered);
     - a POST to a session its client just closed is a 400, not a 500 (python-engineio's POST
-      path lets the ``KeyError`` for a closed session escape).
+      path lets the ``KeyError`` for a closed session escape);
+
+    and ``websockets``: the connection of each session on a websocket, by Engine.IO sid.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        drivers: dict[str, Any] = getattr(self, "_async")  # noqa: B009 (untyped in engineio)
+        self._async = {**drivers, "websocket": _WebSocket}  # a copy: it is module state
+        self.websockets: dict[str, WatchedConnection] = {}
 
     async def disconnect(self, sid: str | None = None) -> None:
         if sid is None:

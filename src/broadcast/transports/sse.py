@@ -2,7 +2,13 @@
 
 Each SSE client is one hub subscriber with a bounded queue; everything queued is written in one
 chunk, as the frames each event encoded once. The stream opens with a ``retry:`` hint and the
-current ``user count``. sse-starlette notices a client that went away (``http.disconnect``) and
+current ``user count``. After that first chunk, a stream whose socket the app can reach
+(``direct.py``: hypercorn, HTTP/1.x) is pushed to rather than pulled from: one flush per event
+loop turn writes what every such stream has queued straight to its socket, with no task woken
+per client; a socket that holds more than ``BROADCAST_CLIENT_BUFFER_BYTES`` unsent is too slow
+and is cut off. Other streams (HTTP/2) wait for their events and write them through ASGI.
+
+sse-starlette notices a client that went away (``http.disconnect``) and
 cancels the stream, whose ``finally`` takes the client out of the count. Its own shutdown
 detection only hooks uvicorn; hypercorn cancels open streams after its graceful timeout (the
 ``finally`` runs then too), and only then runs the lifespan shutdown.
@@ -38,8 +44,9 @@ from broadcast.events import Event
 from broadcast.identity import Identity
 from broadcast.limits import AddressLimit
 from broadcast.presence import Presence
-from broadcast.replay import missed_since
+from broadcast.replay import Missed, missed_since
 from broadcast.settings import Settings
+from broadcast.transports.direct import body_framing, socket_of
 from broadcast.transports.watchdog import (
     HTTP_GONE,
     ClientTooSlow,
@@ -69,6 +76,45 @@ class _Comment(Event):
 KEEP_ALIVE = _Comment("", "ping")
 
 
+def _fresh(batch: list[Event], missed: Missed | None) -> tuple[list[Event], Missed | None]:
+    """The events of ``batch`` not already replayed, and what is left to filter with."""
+    if missed is None:
+        return batch, None
+    batch = [e for e in batch if not missed.is_replayed(e)]
+    if any(e.id is not None for e in batch):
+        missed = None  # past the replay: no more filtering
+    return batch, missed
+
+
+class _PushedStream:
+    """A stream written by ``SSETransport._flush`` rather than by its own task."""
+
+    __slots__ = ("closed", "connection", "framing", "missed", "queued", "schedule", "subscriber")
+
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        connection: WatchedConnection,
+        framing: Callable[[bytes], bytes],
+        missed: Missed | None,
+        schedule: Callable[[_PushedStream], None],
+    ) -> None:
+        self.subscriber = subscriber
+        self.connection = connection
+        self.framing = framing
+        self.missed = missed
+        self.schedule = schedule
+        self.queued = False
+        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        """The reason the subscriber was closed, once it is."""
+
+    def ready(self) -> None:
+        """The subscriber has events (or was closed): flush it in this loop turn's flush."""
+        if not self.queued:
+            self.queued = True
+            self.schedule(self)
+
+
 class _WatchedEventSourceResponse(EventSourceResponse):
     """sse-starlette's response with its writes timed by the send watchdog (one sweep for all
     streams) instead of its own timer per write; ``connection`` is set once it runs."""
@@ -83,7 +129,9 @@ class _WatchedEventSourceResponse(EventSourceResponse):
         # stream, the disconnect listener, and a listener for uvicorn's exit signal, which
         # never fires under hypercorn (the app drains its streams itself). This runs the first
         # two, on sse-starlette's own methods: one task less per idle client.
-        connection = self.connection = self._watchdog.watch(send, receive, HTTP_GONE)
+        connection = self.connection = self._watchdog.watch(
+            send, receive, HTTP_GONE, socket_of(scope)
+        )
         try:
             async with anyio.create_task_group() as group:
 
@@ -123,6 +171,13 @@ class SSETransport:
         self._delivered = broker.metrics.delivered.labels(TRANSPORT)
         self._streams: set[Subscriber] = set()
         self._keep_alive = BackgroundTask("sse-keep-alive")
+        self._flushes: list[_PushedStream] = []
+        """The pushed streams with something to write, in the order they became ready."""
+
+    def _ready(self, stream: _PushedStream) -> None:
+        if not self._flushes:  # the first this turn: one flush, after everything offered now
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._flushes.append(stream)
 
     async def start(self) -> None:
         self._keep_alive.start(self._send_keep_alives())
@@ -173,12 +228,13 @@ class SSETransport:
             # EventSource sends Last-Event-ID by itself when it reconnects; the query parameter
             # is for clients that cannot set headers.
             resume_from = request.headers.get("last-event-id") or last_event_id
+            framing = body_framing(request.scope)
             response: _WatchedEventSourceResponse
             response = _WatchedEventSourceResponse(
                 self._watchdog,
                 # A client that stops reading blocks the write once its TCP buffers are full;
                 # the watchdog cuts it off then, and the stream's `finally` takes it out.
-                self._stream(name, resume_from, address, lambda: response.connection),
+                self._stream(name, resume_from, address, lambda: response.connection, framing),
                 ping=0,  # the transport's one keep-alive loop does it (`_send_keep_alives`)
                 sep="\n",
                 headers=headers,
@@ -206,6 +262,7 @@ class SSETransport:
         resume_from: str | None,
         address: str,
         connection: Callable[[], WatchedConnection | None],
+        framing: Callable[[bytes], bytes] | None,
     ) -> AsyncIterator[bytes]:
         # Subscribe first, join second, with no await between: when the join is announced at
         # once, this client is in the audience; when it waits for the conflation window, the
@@ -238,21 +295,23 @@ class SSETransport:
                 if missed.gap is not None:
                     first += missed.gap.sse_frame
                 first += b"".join(event.sse_frame for event in missed.events)
-            yield first
-            while True:
-                try:
-                    batch = await subscriber.next_batch()
-                except SubscriberClosed as closed:
-                    logger.info("closing an SSE stream: %s", closed.reason)
-                    # EventSource reconnects after `retry` ms when a stream ends.
-                    yield self._retry_frame + f": {closed.reason}\n\n".encode()
-                    return
-                if missed is not None:
-                    batch = [e for e in batch if not missed.is_replayed(e)]
-                    if any(e.id is not None for e in batch):
-                        missed = None  # past the replay: no more filtering
-                self._delivered.inc(len(batch) - batch.count(KEEP_ALIVE))
-                yield b"".join(event.sse_frame for event in batch)
+            yield first  # through ASGI: the response's head goes out before it
+            watched = connection()
+            if framing is not None and watched is not None and watched.writable:
+                reason = await self._pushed(subscriber, watched, framing, missed)
+            else:  # no socket to write to: wait for events, write them through ASGI
+                while True:
+                    try:
+                        batch = await subscriber.next_batch()
+                    except SubscriberClosed as closed:
+                        reason = closed.reason
+                        break
+                    batch, missed = _fresh(batch, missed)
+                    self._delivered.inc(len(batch) - batch.count(KEEP_ALIVE))
+                    yield b"".join(event.sse_frame for event in batch)
+            logger.info("closing an SSE stream: %s", reason)
+            # EventSource reconnects after `retry` ms when a stream ends.
+            yield self._retry_frame + f": {reason}\n\n".encode()
         except BaseException as exc:
             # The client went away (sse-starlette cancels the stream) or stopped reading (the
             # send timed out and the stream is closed).
@@ -263,3 +322,45 @@ class SSETransport:
             self._streams.discard(subscriber)
             self._addresses.closed(address)
             self._presence.leave(TRANSPORT, username)
+
+    async def _pushed(
+        self,
+        subscriber: Subscriber,
+        connection: WatchedConnection,
+        framing: Callable[[bytes], bytes],
+        missed: Missed | None,
+    ) -> str:
+        """Hand the stream to the flush (``_flush``) until its subscriber is closed; why."""
+        stream = _PushedStream(subscriber, connection, framing, missed, self._ready)
+        subscriber.on_ready = stream.ready
+        if subscriber.backlog or subscriber.closed_reason is not None:
+            stream.ready()  # queued since the first chunk
+        try:
+            return await stream.closed
+        finally:
+            subscriber.on_ready = None
+
+    def _flush(self) -> None:
+        """Write what every ready pushed stream has queued, one chunk each, to its socket."""
+        flushes, self._flushes = self._flushes, []
+        budget = self._settings.client_buffer_bytes
+        delivered = 0
+        for stream in flushes:
+            stream.queued = False
+            subscriber = stream.subscriber
+            try:
+                batch = subscriber.take()
+            except SubscriberClosed as closed:
+                if not stream.closed.done():
+                    stream.closed.set_result(closed.reason)
+                continue
+            batch, stream.missed = _fresh(batch, stream.missed)
+            connection = stream.connection
+            if not batch or not connection.writable:
+                continue  # a client gone: its disconnect ends the stream
+            data = stream.framing(b"".join(event.sse_frame for event in batch))
+            delivered += len(batch) - batch.count(KEEP_ALIVE)
+            if connection.write(data) > budget:
+                subscriber.close(f"too slow: over {budget} bytes waiting to be sent")
+                connection.expire()  # not reading: drop its socket now, not after a timeout
+        self._delivered.inc(delivered)

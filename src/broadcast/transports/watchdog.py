@@ -11,6 +11,11 @@ connection itself (a client over its byte budget whose write is blocked).
 
 One sweep for every connection costs two attribute writes per send on the fan-out's hot path,
 where a timer per write (``asyncio.timeout``, anyio's ``move_on_after``) costs a timer handle.
+
+A fan-out that writes to the client's socket directly (``direct.py``) never blocks; the same
+deadline then applies to the socket's buffer: a connection whose socket has held more than
+``STALLED_BYTES`` unsent for longer than the timeout is expired too. Expiring aborts the socket,
+so a client cut off does not keep its buffers (and the TCP connection) on the server.
 """
 
 from __future__ import annotations
@@ -24,8 +29,13 @@ from litestar.types import Receive, Send
 from prometheus_client import Counter
 
 from broadcast.background import BackgroundTask
+from broadcast.transports.direct import Socket
 
 logger = logging.getLogger(__name__)
+
+STALLED_BYTES = 64 * 1024
+"""Unsent bytes above which a socket's buffer counts as stalled: asyncio's high-water mark, where
+the server's own writes would start waiting on ``drain``."""
 
 
 class ClientTooSlow(Exception):
@@ -35,12 +45,18 @@ class ClientTooSlow(Exception):
 class WatchedConnection:
     """One connection's ASGI ``send`` and ``receive``, watched for writes that never finish."""
 
-    def __init__(self, send: Send, receive: Receive, disconnect: dict[str, Any]) -> None:
+    def __init__(
+        self, send: Send, receive: Receive, disconnect: dict[str, Any], socket: Socket | None
+    ) -> None:
         self._send = send
         self._receive = receive
         self._disconnect = disconnect
+        self.socket = socket
+        """The client's socket, for direct writes (``None``: only the ASGI path is available)."""
         self.since: float | None = None
         """When the write in progress started (``None``: no write in progress)."""
+        self.stalled_since: float | None = None
+        """When the socket's buffer went over ``STALLED_BYTES`` (after a direct write)."""
         self.expired = False
         self._writer: asyncio.Task[Any] | None = None
         self._receiving: asyncio.Future[Any] | None = None
@@ -60,6 +76,36 @@ class WatchedConnection:
         finally:
             self.since = None
 
+    @property
+    def writable(self) -> bool:
+        """A direct write is possible (there is a socket, open, and not cut off)."""
+        socket = self.socket
+        return socket is not None and not self.expired and not socket.is_closing()
+
+    def write(self, data: bytes) -> int:
+        """Write ``data`` to the socket directly (only when ``writable``); how many bytes it
+        now holds unsent."""
+        assert self.socket is not None
+        self.socket.write(data)
+        buffered = self.socket.get_write_buffer_size()
+        if buffered <= STALLED_BYTES:
+            self.stalled_since = None
+        elif self.stalled_since is None:
+            self.stalled_since = time.monotonic()
+        return buffered
+
+    def stuck(self, now: float, timeout: float) -> bool:
+        """A write has blocked, or the socket's buffer has been stalled, longer than
+        ``timeout``."""
+        if self.since is not None and now - self.since > timeout:
+            return True
+        if self.stalled_since is not None and self.socket is not None:
+            if self.socket.get_write_buffer_size() <= STALLED_BYTES:
+                self.stalled_since = None  # the client caught up since the last write
+            elif now - self.stalled_since > timeout:
+                return True
+        return False
+
     async def receive(self) -> Any:
         if self.expired:
             return self._disconnect
@@ -74,12 +120,15 @@ class WatchedConnection:
             self._receiving = None
 
     def expire(self) -> None:
-        """Cut the connection off: cancel a blocked write, end a pending receive."""
+        """Cut the connection off: cancel a blocked write, end a pending receive, and drop the
+        socket with whatever it still holds (the client is not reading it)."""
         self.expired = True
         blocked = self._writer if self.since is not None else None
         for task in (blocked, self._receiving):
             if task is not None:
                 task.cancel()
+        if self.socket is not None:
+            self.socket.abort()
 
 
 WEBSOCKET_GONE = {"type": "websocket.disconnect", "code": 1006}
@@ -95,8 +144,14 @@ class SendWatchdog:
         self._watched: set[WatchedConnection] = set()
         self._task = BackgroundTask("send-watchdog")
 
-    def watch(self, send: Send, receive: Receive, disconnect: dict[str, Any]) -> WatchedConnection:
-        connection = WatchedConnection(send, receive, disconnect)
+    def watch(
+        self,
+        send: Send,
+        receive: Receive,
+        disconnect: dict[str, Any],
+        socket: Socket | None = None,
+    ) -> WatchedConnection:
+        connection = WatchedConnection(send, receive, disconnect, socket)
         self._watched.add(connection)
         return connection
 
@@ -106,7 +161,7 @@ class SendWatchdog:
     def sweep(self) -> int:
         """Expire every connection stuck in a write; how many."""
         now = time.monotonic()
-        stuck = [c for c in self._watched if c.since is not None and now - c.since > self.timeout]
+        stuck = [c for c in self._watched if c.stuck(now, self.timeout)]
         for connection in stuck:
             self._watched.discard(connection)
             connection.expire()
