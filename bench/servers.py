@@ -196,6 +196,8 @@ def ours_spec(
             "BROADCAST_PUBLISH_RATE_PER_SECOND": "1000000",
             "BROADCAST_PUBLISH_BURST": "1000000",
             "PYTHONUNBUFFERED": "1",
+            # As scripts/run and `broadcast serve` do (memory returns after a peak).
+            "PYTHONMALLOC": os.environ.get("PYTHONMALLOC", "malloc"),
         }
     )
     env.update(extra_env or {})
