@@ -41,7 +41,6 @@ from bench.wire import (
     HttpConnection,
     SseClient,
     WsClient,
-    epoch_ms,
     fan_patterns,
     now,
 )
@@ -141,6 +140,7 @@ class Fan:
     published: int = 0
     publish_errors: int = 0
     max_lag_ms: float = 0.0
+    request_ms: dict[str, float] | None = None
     waiter: asyncio.Future[None] | None = None
 
 
@@ -671,37 +671,36 @@ async def fanout(run: Run) -> dict[str, Any]:
 
     run.begin_phase("fanout")
     f = run.fan = Fan(m=o.events, expected=o.events * len(run.open_list))
-    conn = HttpConnection(run.host, run.port)  # one keep-alive connection: publishes in order
-    headers = {"Authorization": f"Bearer {o.token}"} if o.token else {}
-    interval = 1.0 / o.rate if o.rate > 0 else 0.0
-    t0, e0 = now(), epoch_ms()
-    for i in range(f.m):
-        sent = epoch_ms()
-        if interval:
-            # Open loop, as loadgen.js: event i is due at t0 + i/R whether or not the server
-            # has answered the previous ones, and its "t" is that due time. A server that cannot
-            # take R events per second falls behind and the latency shows it (a closed loop
-            # would hide it by publishing later). Publishes still go one at a time, in order.
-            due = t0 + i * interval
-            wait = due - now()
-            if wait > 0.001:
-                await asyncio.sleep(wait)
-            f.max_lag_ms = max(f.max_lag_ms, (now() - due) * 1000)
-            sent = epoch_ms()
-            ts = e0 + i * interval * 1000
-        else:
-            ts = sent
-        if i == 0:
-            f.first_send = sent
-        f.last_send = sent
-        f.published += 1
-        body = json.dumps({"event": o.event_name, "data": {"seq": i, "t": ts}}).encode()
-        status, text = await run.http("POST", o.publish_path, body, headers, 30.0, conn)
-        if status not in (200, 201, 202):
-            f.publish_errors += 1
-            run.errors["publish"] += 1
-            run.sample_err("publish", f"HTTP {status} {text[:80]!r}")
-    conn.close()
+    # The publisher is a process of its own (bench/publisher.py): publishing from this loop,
+    # busy reading the deliveries, would pace the publishes by the load generator.
+    publisher = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.publisher",
+        "--host", run.host,
+        "--port", str(run.port),
+        "--path", run.base_path + o.publish_path,
+        "--token", o.token or "",
+        "--event-name", o.event_name,
+        "--events", str(f.m),
+        "--rate", str(o.rate),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await publisher.communicate()
+    try:
+        published = json.loads(out)
+    except ValueError:
+        raise ScenarioFailed(f"the publisher failed (exit {publisher.returncode})", 2) from None
+    f.published = published["published"]
+    f.publish_errors = published["errors"]
+    f.max_lag_ms = published["max_lag_ms"]
+    f.first_send = published.get("first_send", 0.0)
+    f.last_send = published.get("last_send", 0.0)
+    f.request_ms = published.get("request_ms")
+    run.log(f"publisher: {published}")
+    if f.publish_errors:
+        run.errors["publish"] += f.publish_errors
+        run.sample_err("publish", str(published["error_sample"]))
     run.log(f"published {f.m} events; waiting for {f.expected - f.deliveries} more deliveries")
     if f.deliveries < f.expected:
         f.waiter = run.loop.create_future()
@@ -745,6 +744,7 @@ def fan_stats(run: Run, f: Fan) -> dict[str, Any]:
             else None
         ),
         "max_publish_lag_ms": r1(f.max_lag_ms),
+        "publish_request_ms": f.request_ms,
         "receivers": len(run.open_list),
         "expected": f.expected,
         "deliveries": f.deliveries,

@@ -42,7 +42,7 @@ from broadcast.limits import AddressLimit
 from broadcast.presence import Presence
 from broadcast.replay import missed_since
 from broadcast.settings import Settings
-from broadcast.transports.direct import socket_of
+from broadcast.transports.direct import SLICE, socket_of
 from broadcast.transports.socketio_server import (
     CONNECTION,
     NAMESPACE,
@@ -342,7 +342,10 @@ class SocketIOTransport:
         sockets = self.server.eio.sockets
         websockets = self.server.eio.websockets
         budget = self._buffer_bytes
-        for sid, eio_sid in self.server.manager.get_participants(NAMESPACE, None):
+        participants = list(self.server.manager.get_participants(NAMESPACE, None))
+        for number, (sid, eio_sid) in enumerate(participants, 1):
+            if not number % SLICE:
+                await asyncio.sleep(0)  # let publishes in: their events go in the next pass
             client = self._resuming.get(sid) if self._resuming else None
             if client is not None and client.pending is not None:
                 client.pending.extend(sendable)  # replaying: these go out after

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -46,7 +47,7 @@ from broadcast.limits import AddressLimit
 from broadcast.presence import Presence
 from broadcast.replay import Missed, missed_since
 from broadcast.settings import Settings
-from broadcast.transports.direct import body_framing, socket_of
+from broadcast.transports.direct import SLICE, body_framing, socket_of
 from broadcast.transports.watchdog import (
     HTTP_GONE,
     ClientTooSlow,
@@ -171,13 +172,15 @@ class SSETransport:
         self._delivered = broker.metrics.delivered.labels(TRANSPORT)
         self._streams: set[Subscriber] = set()
         self._keep_alive = BackgroundTask("sse-keep-alive")
-        self._flushes: list[_PushedStream] = []
+        self._flushes: deque[_PushedStream] = deque()
         """The pushed streams with something to write, in the order they became ready."""
+        self._flush_scheduled = False
 
     def _ready(self, stream: _PushedStream) -> None:
-        if not self._flushes:  # the first this turn: one flush, after everything offered now
-            asyncio.get_running_loop().call_soon(self._flush)
         self._flushes.append(stream)
+        if not self._flush_scheduled:  # one flush, after everything offered in this turn
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def start(self) -> None:
         self._keep_alive.start(self._send_keep_alives())
@@ -341,11 +344,13 @@ class SSETransport:
             subscriber.on_ready = None
 
     def _flush(self) -> None:
-        """Write what every ready pushed stream has queued, one chunk each, to its socket."""
-        flushes, self._flushes = self._flushes, []
+        """Write what the ready pushed streams have queued, one chunk each, to their sockets:
+        ``SLICE`` of them, then the rest in the next turns of the event loop."""
+        flushes = self._flushes
         budget = self._settings.client_buffer_bytes
         delivered = 0
-        for stream in flushes:
+        for _ in range(min(SLICE, len(flushes))):
+            stream = flushes.popleft()
             stream.queued = False
             subscriber = stream.subscriber
             try:
@@ -364,3 +369,7 @@ class SSETransport:
                 subscriber.close(f"too slow: over {budget} bytes waiting to be sent")
                 connection.expire()  # not reading: drop its socket now, not after a timeout
         self._delivered.inc(delivered)
+        if flushes:
+            asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            self._flush_scheduled = False
