@@ -69,9 +69,9 @@ class Subscriber:
         self.on_close: Callable[[str], None] | None = None
         """Called with the reason when the subscriber is closed (its consumer may be blocked
         elsewhere and learn it only later)."""
-        self.on_ready: Callable[[], None] | None = None
-        """For a consumer that is called rather than waiting in ``next_batch``: called when
-        events are queued or the subscriber is closed; the consumer then ``take``s them."""
+        self.offered = 0
+        """How many events were ever queued: the index the next one will have (a consumer that
+        takes a batch knows where it starts in the stream)."""
         self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, event: Event) -> None:
@@ -92,6 +92,7 @@ class Subscriber:
                 self._drop_oldest()
             self.backlog_bytes += size
         self.backlog.append(event)
+        self.offered += 1
         self._wake()
 
     def _drop_oldest(self) -> None:
@@ -131,11 +132,8 @@ class Subscriber:
         return batch
 
     def _wake(self) -> None:
-        if self._waiter is not None:
-            if not self._waiter.done():
-                self._waiter.set_result(None)
-        elif self.on_ready is not None:
-            self.on_ready()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
 class Hub:

@@ -30,6 +30,11 @@ from typing import Any, Protocol
 SERVER_SEND = "broadcast.server_send"
 """The scope key under which the app keeps the ASGI server's own ``send``."""
 
+PUMP_BACKLOG = 100_000
+"""The events a transport's pump may have waiting. A pump drains its queue without ever waiting on
+a client, so this bound is only reached if the event loop itself is starved; dropping the oldest
+then is better than stopping them all."""
+
 SLICE = 16
 """Clients written to between two returns to the event loop. A write costs about 10 µs (most of
 it the kernel's: a loopback ``send`` is about 8 µs here), so a pass over 5,000 clients is 50 ms;

@@ -42,7 +42,7 @@ from broadcast.limits import AddressLimit
 from broadcast.presence import Presence
 from broadcast.replay import missed_since
 from broadcast.settings import Settings
-from broadcast.transports.direct import SLICE, socket_of
+from broadcast.transports.direct import PUMP_BACKLOG, SLICE, socket_of
 from broadcast.transports.socketio_server import (
     CONNECTION,
     NAMESPACE,
@@ -58,9 +58,6 @@ from broadcast.users import RateLimit, Refused, parse_chat_message
 logger = logging.getLogger(__name__)
 
 TRANSPORT = "socketio"
-# The pump drains its queue without ever waiting on a client, so this bound is only reached if
-# the event loop itself is starved; dropping the oldest then is better than stopping them all.
-PUMP_BACKLOG = 100_000
 
 
 @dataclass

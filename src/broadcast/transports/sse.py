@@ -1,15 +1,16 @@
 """Server-Sent Events at ``GET /events`` (sse-starlette).
 
-Each SSE client is one hub subscriber with a bounded queue; everything queued is written in one
-chunk, as the frames each event encoded once. The stream opens with a ``retry:`` hint and the
-current ``user count``. After that first chunk, a stream whose socket the app can reach
-(``direct.py``: hypercorn, HTTP/1.x) is pushed to rather than pulled from: one flush per event
-loop turn writes what every such stream has queued straight to its socket, with no task woken
+A stream starts as a hub subscriber of its own with a bounded queue: it opens with a ``retry:``
+hint and the current ``user count`` (then, when it resumes, what it missed). After that first
+chunk, a stream whose socket the app can reach (``direct.py``: hypercorn, HTTP/1.x) is handed
+over to the transport's pump, one hub subscriber for all of them, as Socket.IO's: each batch of
+events is framed once and the same bytes are written to every such socket, with no task woken
 per client; a socket that holds more than ``BROADCAST_CLIENT_BUFFER_BYTES`` unsent is too slow
-and is cut off. Other streams (HTTP/2) wait for their events and write them through ASGI.
+and is cut off. Other streams (HTTP/2) keep their subscriber, wait for their events and write
+everything queued in one chunk through ASGI.
 
-sse-starlette notices a client that went away (``http.disconnect``) and
-cancels the stream, whose ``finally`` takes the client out of the count. Its own shutdown
+sse-starlette notices a client that went away (``http.disconnect``) and cancels the stream,
+whose ``finally`` takes the client out of the count. Its own shutdown
 detection only hooks uvicorn; hypercorn cancels open streams after its graceful timeout (the
 ``finally`` runs then too), and only then runs the lifespan shutdown.
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -40,14 +40,20 @@ from litestar.params import Parameter
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from broadcast.background import BackgroundTask
-from broadcast.broker import Broker, Subscriber, SubscriberClosed
+from broadcast.broker import Broker, Overflow, Subscriber, SubscriberClosed
 from broadcast.events import Event
 from broadcast.identity import Identity
 from broadcast.limits import AddressLimit
 from broadcast.presence import Presence
 from broadcast.replay import Missed, missed_since
 from broadcast.settings import Settings
-from broadcast.transports.direct import SLICE, body_framing, socket_of
+from broadcast.transports.direct import (
+    PUMP_BACKLOG,
+    SLICE,
+    body_framing,
+    http_chunk,
+    socket_of,
+)
 from broadcast.transports.watchdog import (
     HTTP_GONE,
     ClientTooSlow,
@@ -88,32 +94,29 @@ def _fresh(batch: list[Event], missed: Missed | None) -> tuple[list[Event], Miss
 
 
 class _PushedStream:
-    """A stream written by ``SSETransport._flush`` rather than by its own task."""
+    """A stream written by the transport's pump (``SSETransport._pump``), not its own task."""
 
-    __slots__ = ("closed", "connection", "framing", "missed", "queued", "schedule", "subscriber")
+    __slots__ = ("closed", "connection", "framing", "missed", "start")
 
     def __init__(
         self,
-        subscriber: Subscriber,
         connection: WatchedConnection,
         framing: Callable[[bytes], bytes],
         missed: Missed | None,
-        schedule: Callable[[_PushedStream], None],
+        start: int,
     ) -> None:
-        self.subscriber = subscriber
         self.connection = connection
         self.framing = framing
         self.missed = missed
-        self.schedule = schedule
-        self.queued = False
+        self.start = start
+        """The pump's first event for this stream (``Subscriber.offered``): those before it
+        reached the stream through its own subscriber."""
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        """The reason the subscriber was closed, once it is."""
+        """Why the stream ends, once it does (server shutdown, too slow)."""
 
-    def ready(self) -> None:
-        """The subscriber has events (or was closed): flush it in this loop turn's flush."""
-        if not self.queued:
-            self.queued = True
-            self.schedule(self)
+    def end(self, reason: str) -> None:
+        if not self.closed.done():
+            self.closed.set_result(reason)
 
 
 class _WatchedEventSourceResponse(EventSourceResponse):
@@ -172,21 +175,22 @@ class SSETransport:
         self._delivered = broker.metrics.delivered.labels(TRANSPORT)
         self._streams: set[Subscriber] = set()
         self._keep_alive = BackgroundTask("sse-keep-alive")
-        self._flushes: deque[_PushedStream] = deque()
-        """The pushed streams with something to write, in the order they became ready."""
-        self._flush_scheduled = False
-
-    def _ready(self, stream: _PushedStream) -> None:
-        self._flushes.append(stream)
-        if not self._flush_scheduled:  # one flush, after everything offered in this turn
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._pushed: dict[_PushedStream, None] = {}
+        """The streams the pump writes to, in the order they joined (a dict: an ordered set)."""
+        self._pump_subscriber: Subscriber | None = None
+        self._pump = BackgroundTask("sse-pump")
 
     async def start(self) -> None:
+        self._pump_subscriber = self._broker.subscribe(PUMP_BACKLOG, Overflow.DROP_OLDEST)
+        self._pump.start(self._write_to_pushed(self._pump_subscriber))
         self._keep_alive.start(self._send_keep_alives())
 
     async def stop(self) -> None:
         await self._keep_alive.stop()
+        await self._pump.stop()
+        if self._pump_subscriber is not None:
+            self._broker.unsubscribe(self._pump_subscriber)
+            self._pump_subscriber = None
 
     async def _send_keep_alives(self) -> None:
         # One loop for every stream, rather than sse-starlette's ping task in each (a task per
@@ -195,6 +199,11 @@ class SSETransport:
             await asyncio.sleep(self._settings.sse_ping_seconds)
             for subscriber in list(self._streams):
                 subscriber.offer(KEEP_ALIVE)
+            for number, stream in enumerate(list(self._pushed), 1):
+                if not number % SLICE:
+                    await asyncio.sleep(0)
+                if stream.connection.writable:
+                    stream.connection.write(stream.framing(KEEP_ALIVE.sse_frame))
 
     def route_handler(self) -> HTTPRouteHandler:
         @get(
@@ -301,7 +310,7 @@ class SSETransport:
             yield first  # through ASGI: the response's head goes out before it
             watched = connection()
             if framing is not None and watched is not None and watched.writable:
-                reason = await self._pushed(subscriber, watched, framing, missed)
+                reason = await self._push(subscriber, watched, framing, missed)
             else:  # no socket to write to: wait for events, write them through ASGI
                 while True:
                     try:
@@ -326,50 +335,80 @@ class SSETransport:
             self._addresses.closed(address)
             self._presence.leave(TRANSPORT, username)
 
-    async def _pushed(
+    async def _push(
         self,
         subscriber: Subscriber,
         connection: WatchedConnection,
         framing: Callable[[bytes], bytes],
         missed: Missed | None,
     ) -> str:
-        """Hand the stream to the flush (``_flush``) until its subscriber is closed; why."""
-        stream = _PushedStream(subscriber, connection, framing, missed, self._ready)
-        subscriber.on_ready = stream.ready
-        if subscriber.backlog or subscriber.closed_reason is not None:
-            stream.ready()  # queued since the first chunk
+        """Hand the stream over to the pump until it ends; why it ended.
+
+        Without an await, so nothing is dispatched meanwhile: what the stream's own subscriber
+        holds goes out now, and from the pump's next event on, the pump writes to it."""
+        pump = self._pump_subscriber
+        if pump is None:
+            return "server shutting down"
+        if pump.closed_reason is not None:
+            return pump.closed_reason
         try:
+            batch = subscriber.take()
+        except SubscriberClosed as closed:
+            return closed.reason
+        batch, missed = _fresh(batch, missed)
+        self._broker.unsubscribe(subscriber)
+        self._streams.discard(subscriber)
+        stream = _PushedStream(connection, framing, missed, pump.offered)
+        self._pushed[stream] = None
+        try:
+            if batch:
+                self._write(stream, framing(b"".join(event.sse_frame for event in batch)))
+                self._delivered.inc(len(batch) - batch.count(KEEP_ALIVE))
             return await stream.closed
         finally:
-            subscriber.on_ready = None
+            self._pushed.pop(stream, None)
 
-    def _flush(self) -> None:
-        """Write what the ready pushed streams have queued, one chunk each, to their sockets:
-        ``SLICE`` of them, then the rest in the next turns of the event loop."""
-        flushes = self._flushes
+    def _write(self, stream: _PushedStream, data: bytes) -> None:
+        connection = stream.connection
+        if not connection.writable:
+            return  # a client gone: its disconnect ends the stream
         budget = self._settings.client_buffer_bytes
-        delivered = 0
-        for _ in range(min(SLICE, len(flushes))):
-            stream = flushes.popleft()
-            stream.queued = False
-            subscriber = stream.subscriber
+        if connection.write(data) > budget:
+            reason = f"too slow: over {budget} bytes waiting to be sent"
+            self._broker.metrics.evicted.labels("too slow").inc()
+            stream.end(reason)
+            connection.expire()  # not reading: drop its socket now, not after a timeout
+
+    async def _write_to_pushed(self, subscriber: Subscriber) -> None:
+        """The pump: each batch of events, framed once, written to every pushed stream's
+        socket, returning to the event loop every ``SLICE`` streams."""
+        while True:
             try:
-                batch = subscriber.take()
+                batch = await subscriber.next_batch()
             except SubscriberClosed as closed:
-                if not stream.closed.done():
-                    stream.closed.set_result(closed.reason)
-                continue
-            batch, stream.missed = _fresh(batch, stream.missed)
-            connection = stream.connection
-            if not batch or not connection.writable:
-                continue  # a client gone: its disconnect ends the stream
-            data = stream.framing(b"".join(event.sse_frame for event in batch))
-            delivered += len(batch) - batch.count(KEEP_ALIVE)
-            if connection.write(data) > budget:
-                subscriber.close(f"too slow: over {budget} bytes waiting to be sent")
-                connection.expire()  # not reading: drop its socket now, not after a timeout
-        self._delivered.inc(delivered)
-        if flushes:
-            asyncio.get_running_loop().call_soon(self._flush)
-        else:
-            self._flush_scheduled = False
+                evicted = self._broker.metrics.evicted.labels(closed.reason.split(":")[0])
+                for stream in list(self._pushed):
+                    evicted.inc()
+                    stream.end(closed.reason)
+                return
+            first = subscriber.offered - len(batch)  # the index of batch[0]
+            body = b"".join(event.sse_frame for event in batch)
+            chunked, raw = http_chunk(body), body
+            delivered = len(batch) - batch.count(KEEP_ALIVE)
+            streams = list(self._pushed)
+            for number, stream in enumerate(streams, 1):
+                if not number % SLICE:
+                    await asyncio.sleep(0)  # let publishes in: their events go in the next pass
+                if stream.closed.done():
+                    continue
+                if stream.start > first or stream.missed is not None:
+                    # Joined during this batch, or replaying: only what it has not had yet.
+                    own = batch[max(0, stream.start - first) :]
+                    own, stream.missed = _fresh(own, stream.missed)
+                    stream.start = 0
+                    if own:
+                        self._write(stream, stream.framing(b"".join(e.sse_frame for e in own)))
+                        self._delivered.inc(len(own))
+                    continue
+                self._write(stream, chunked if stream.framing is http_chunk else raw)
+                self._delivered.inc(delivered)
