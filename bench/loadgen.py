@@ -669,6 +669,7 @@ async def fanout(run: Run) -> dict[str, Any]:
     kinds = [kind_for(i, o.sse_ratio) for i in range(o.clients)]
     await connect_phase(run, "connect", kinds)
 
+    buckets_before = await fanout_buckets(run)
     run.begin_phase("fanout")
     f = run.fan = Fan(m=o.events, expected=o.events * len(run.open_list))
     # The publisher is a process of its own (bench/publisher.py): publishing from this loop,
@@ -709,6 +710,7 @@ async def fanout(run: Run) -> dict[str, Any]:
         except TimeoutError:
             run.log(f"settle time over: {f.deliveries}/{f.expected} delivered")
     stats = fan_stats(run, f)
+    stats["server_fanout_ms"] = await server_fanout_ms(run, buckets_before)
     run.end_phase(clients=len(run.open_list), deliveries=f.deliveries)
     await close_all(run)
     bad = (
@@ -723,6 +725,43 @@ async def fanout(run: Run) -> dict[str, Any]:
             "missing, out-of-order, duplicate or failed deliveries", 1, {"fanout": stats}
         )
     return {"fanout": stats}
+
+
+async def fanout_buckets(run: Run) -> dict[float, float]:
+    """The server's ``broadcast_fanout_seconds`` histogram (broadcast's /metrics; the Node peer
+    has none): cumulative batch counts by bucket bound, both transports added up."""
+    status, body = await run.http("GET", "/metrics", limit_s=10.0)
+    buckets: dict[float, float] = {}
+    if status != 200:
+        return buckets
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith("broadcast_fanout_seconds_bucket{"):
+            labels, _, value = line.rpartition(" ")
+            bound = labels.split('le="', 1)[1].split('"', 1)[0]
+            le = float("inf") if bound == "+Inf" else float(bound)
+            buckets[le] = buckets.get(le, 0.0) + float(value)
+    return buckets
+
+
+async def server_fanout_ms(run: Run, before: dict[float, float]) -> dict[str, float | None] | None:
+    """The server's own view of the fanout phase, when it has one: how long a batch's oldest
+    event took from reaching a transport's fan-out to being written to its last client, p50
+    and p99 over the phase's batches (the histogram now less ``before``), as the upper bounds of
+    their buckets. Against the load generator's latency, this says how much of it is the
+    server's."""
+    after = await fanout_buckets(run)
+    buckets = {le: n - before.get(le, 0.0) for le, n in after.items()}
+    total = buckets.get(float("inf"), 0.0)
+    if not total:
+        return None
+
+    def quantile(q: float) -> float | None:
+        for le in sorted(buckets):
+            if total and buckets[le] >= q * total:
+                return None if le == float("inf") else r1(le * 1000)
+        return None
+
+    return {"batches": total, "p50": quantile(0.5), "p99": quantile(0.99)}
 
 
 def fan_stats(run: Run, f: Fan) -> dict[str, Any]:

@@ -120,6 +120,8 @@ METRICS: dict[str, list[tuple[str, Getter, str]]] = {
         ("latency p50 (ms)", fan("latency_ms", "p50"), "lower"),
         ("latency p99 (ms)", fan("latency_ms", "p99"), "lower"),
         ("latency max (ms)", fan("latency_ms", "max"), "lower"),
+        ("server's own fan-out p50, bucket (ms)", fan("server_fanout_ms", "p50"), ""),
+        ("server's own fan-out p99, bucket (ms)", fan("server_fanout_ms", "p99"), ""),
         ("missing + out-of-order + dup", fan_bad, "zero"),
         ("connect errors + drops", errors, "zero"),
         ("server CPU per delivery (µs)", fan_cpu_per_delivery, "lower"),

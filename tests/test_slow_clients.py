@@ -17,7 +17,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import StartServer
-from tests.support import Server, connect_sio, until, wait_until
+from tests.support import Server, connect_sio, sse_session, until, wait_until
 
 TOKEN = "slow-token-0123456789"
 
@@ -200,3 +200,36 @@ def test_an_sse_client_over_its_buffer_is_evicted(start_server: StartServer) -> 
                 break
         wait_until(lambda: server.user_count() == 0, 10, "the stalled client to be evicted")
     assert evicted(server, "too slow") == 1
+
+
+async def test_one_event_larger_than_the_budget_still_reaches_clients_that_keep_up(
+    start_server: StartServer,
+) -> None:
+    server = start_server(
+        {
+            "BROADCAST_PUBLISH_TOKEN": TOKEN,
+            "BROADCAST_PUBLISH_MAX_BYTES": "2000000",
+            "BROADCAST_CLIENT_BUFFER_BYTES": str(64 * 1024),
+        }
+    )
+    sio = await connect_sio(server.url, transports=["websocket"])
+    async with sse_session() as open_sse:
+        sse = await open_sse(server.url)
+        await until(lambda: server.user_count() == 2, 5, "both clients to be counted")
+        big = "b" * 1_500_000  # larger than the budget and than a loopback socket's buffers
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            for number in range(3):
+                response = await http.post(
+                    "/publish",
+                    json={"event": "big", "data": f"{number}:{big}"},
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                )
+                assert response.status_code == 202
+        await until(
+            lambda: len([n for n, _ in sio.events if n == "big"]) == 3, 10, "Socket.IO: 3 events"
+        )
+        await until(lambda: len([e for e in sse.events if e.event == "big"]) == 3, 10, "SSE: 3")
+        assert [d[:2] for n, d in sio.events if n == "big"] == ["0:", "1:", "2:"]
+        assert [e.data[1:3] for e in sse.events if e.event == "big"] == ["0:", "1:", "2:"]
+        assert server.user_count() == 2, "neither was evicted"
+    assert evicted(server, "too slow") == 0

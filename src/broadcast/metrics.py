@@ -87,6 +87,17 @@ class Metrics:
             registry=registry,
         )
 
+        self.fanout_seconds = Histogram(
+            "broadcast_fanout_seconds",
+            "From an event reaching a transport's fan-out until it was written to every client "
+            "of that transport, or queued for those written by their own task (per batch, for "
+            "its oldest event), by transport",
+            ["transport"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0,
+                     2.5, 5.0, 10.0),
+            registry=registry,
+        )  # fmt: skip
+
     def watch(
         self,
         connections: Callable[[str], int],

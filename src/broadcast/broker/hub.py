@@ -14,6 +14,7 @@ Deliberate choices:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from enum import Enum
 
@@ -69,6 +70,10 @@ class Subscriber:
         self.on_close: Callable[[str], None] | None = None
         """Called with the reason when the subscriber is closed (its consumer may be blocked
         elsewhere and learn it only later)."""
+        self.waiting_since: float | None = None
+        """When the oldest event now queued was queued (``time.monotonic()``)."""
+        self.batch_since = 0.0
+        """``waiting_since`` of the batch last taken: how long its oldest event waited."""
         self.offered = 0
         """How many events were ever queued: the index the next one will have (a consumer that
         takes a batch knows where it starts in the stream)."""
@@ -91,6 +96,8 @@ class Subscriber:
                     return
                 self._drop_oldest()
             self.backlog_bytes += size
+        if not self.backlog:
+            self.waiting_since = time.monotonic()
         self.backlog.append(event)
         self.offered += 1
         self._wake()
@@ -129,6 +136,7 @@ class Subscriber:
             raise SubscriberClosed(self.closed_reason)
         batch, self.backlog = self.backlog, []
         self.backlog_bytes = 0
+        self.batch_since, self.waiting_since = self.waiting_since or 0.0, None
         return batch
 
     def _wake(self) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,6 +127,7 @@ class SocketIOTransport:
         self._watchdog = watchdog
         self._metrics = broker.metrics
         self._delivered = broker.metrics.delivered.labels(TRANSPORT)
+        self._fanout_seconds = broker.metrics.fanout_seconds.labels(TRANSPORT)
         self._tasks: list[asyncio.Task[None]] = []
 
     def route_handler(self) -> ASGIRouteHandler:
@@ -321,6 +323,7 @@ class SocketIOTransport:
                     except Exception:  # one bad event must never stop the fan-out
                         logger.exception("dropped event %r: it cannot be encoded", event.name)
                 await self._fan_out(plain, sendable)
+                self._fanout_seconds.observe(time.monotonic() - subscriber.batch_since)
         except SubscriberClosed:
             pass
         finally:
@@ -371,7 +374,7 @@ class SocketIOTransport:
                     data = plain_bytes
                 else:
                     data = b"".join(frame.websocket for frame in frames)
-                if data and connection.write(data) > budget:
+                if data and connection.write(data, budget):
                     too_slow.append(eio_sid)
                 continue
             for frame in frames:

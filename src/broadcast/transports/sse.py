@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -173,6 +174,7 @@ class SSETransport:
         self._addresses = addresses
         self._retry_frame = ServerSentEvent(retry=settings.sse_retry_ms, sep="\n").encode()
         self._delivered = broker.metrics.delivered.labels(TRANSPORT)
+        self._fanout_seconds = broker.metrics.fanout_seconds.labels(TRANSPORT)
         self._streams: set[Subscriber] = set()
         self._keep_alive = BackgroundTask("sse-keep-alive")
         self._pushed: dict[_PushedStream, None] = {}
@@ -202,8 +204,7 @@ class SSETransport:
             for number, stream in enumerate(list(self._pushed), 1):
                 if not number % SLICE:
                     await asyncio.sleep(0)
-                if stream.connection.writable:
-                    stream.connection.write(stream.framing(KEEP_ALIVE.sse_frame))
+                self._write(stream, stream.framing(KEEP_ALIVE.sse_frame))
 
     def route_handler(self) -> HTTPRouteHandler:
         @get(
@@ -373,7 +374,7 @@ class SSETransport:
         if not connection.writable:
             return  # a client gone: its disconnect ends the stream
         budget = self._settings.client_buffer_bytes
-        if connection.write(data) > budget:
+        if connection.write(data, budget):
             reason = f"too slow: over {budget} bytes waiting to be sent"
             self._broker.metrics.evicted.labels("too slow").inc()
             stream.end(reason)
@@ -412,3 +413,4 @@ class SSETransport:
                     continue
                 self._write(stream, chunked if stream.framing is http_chunk else raw)
                 self._delivered.inc(delivered)
+            self._fanout_seconds.observe(time.monotonic() - subscriber.batch_since)

@@ -82,17 +82,19 @@ class WatchedConnection:
         socket = self.socket
         return socket is not None and not self.expired and not socket.is_closing()
 
-    def write(self, data: bytes) -> int:
-        """Write ``data`` to the socket directly (only when ``writable``); how many bytes it
-        now holds unsent."""
+    def write(self, data: bytes, budget: int) -> bool:
+        """Write ``data`` to the socket directly (only when ``writable``); whether the socket
+        now holds more than ``budget`` bytes unsent, some of it from before this write (one
+        write larger than the budget still goes to a client that had taken everything)."""
         assert self.socket is not None
         self.socket.write(data)
         buffered = self.socket.get_write_buffer_size()
         if buffered <= STALLED_BYTES:
             self.stalled_since = None
-        elif self.stalled_since is None:
+            return False
+        if self.stalled_since is None:
             self.stalled_since = time.monotonic()
-        return buffered
+        return buffered > budget and buffered > len(data)
 
     def stuck(self, now: float, timeout: float) -> bool:
         """A write has blocked, or the socket's buffer has been stalled, longer than
