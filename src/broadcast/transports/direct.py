@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
+
+T = TypeVar("T")
 
 SERVER_SEND = "broadcast.server_send"
 """The scope key under which the app keeps the ASGI server's own ``send``."""
@@ -38,9 +40,47 @@ then is better than stopping them all."""
 SLICE = 16
 """Clients written to between two returns to the event loop. A write costs about 10 µs (most of
 it the kernel's: a loopback ``send`` is about 8 µs here), so a pass over 5,000 clients is 50 ms;
-returning to the loop every few ms lets new publishes in meanwhile. Their events then go out
-together in the next pass, one write per client for all of them, so the fan-out keeps up
-with the rate instead of paying a whole pass per event."""
+returning to the loop often lets new publishes in meanwhile, and the pass takes their events
+along (``EventLog``): the clients it has yet to reach get them in the same write."""
+
+
+class EventLog(Generic[T]):
+    """The events a pump still owes some of its clients, by index (the ``Subscriber.offered``
+    numbering): each client holds a position, the index of the next event it is owed.
+
+    Why: a pass over thousands of clients takes tens of ms, and events keep coming meanwhile.
+    Rather than waiting for the pass to end, the pump adds them here as it goes (``add``), so
+    the clients it has not reached yet get them in the same write, and only those it had
+    already passed need another pass. An event then waits at most one pass, not two, and each
+    client still gets one write per pass however many events arrived."""
+
+    def __init__(self) -> None:
+        self.items: list[T] = []
+        self.start = 0
+        """The index of ``items[0]``."""
+
+    @property
+    def head(self) -> int:
+        """The index of the next event to come."""
+        return self.start + len(self.items)
+
+    def add(self, first: int, items: list[T]) -> None:
+        """Add ``items``, the first of which has index ``first`` (the log's ``head`` unless it
+        is empty: a pump takes its subscriber's events in order)."""
+        if not self.items:
+            self.start = first
+        self.items.extend(items)
+
+    def since(self, position: int) -> list[T]:
+        """The events from ``position`` on."""
+        return self.items[max(0, position - self.start) :]
+
+    def trim(self, keep_from: int) -> None:
+        """Forget the events before ``keep_from`` (every client is past them)."""
+        drop = min(len(self.items), keep_from - self.start)
+        if drop > 0:
+            del self.items[:drop]
+            self.start += drop
 
 
 class Socket(Protocol):

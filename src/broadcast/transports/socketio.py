@@ -43,7 +43,7 @@ from broadcast.limits import AddressLimit
 from broadcast.presence import Presence
 from broadcast.replay import missed_since
 from broadcast.settings import Settings
-from broadcast.transports.direct import PUMP_BACKLOG, SLICE, socket_of
+from broadcast.transports.direct import PUMP_BACKLOG, SLICE, EventLog, socket_of
 from broadcast.transports.socketio_server import (
     CONNECTION,
     NAMESPACE,
@@ -73,6 +73,8 @@ class _Client:
     replayed_up_to: int | None = None
     """After a replay: live events up to this id were replayed from the history (which can
     be ahead of the live stream), so the pump skips them; cleared past it."""
+    position: int = 0
+    """The index of the next event the pump owes it (``EventLog``): from its connect on."""
 
     def fresh(self, events: list[tuple[Event, Frame]]) -> list[Frame]:
         """The frames of ``events`` this client has not already had from its replay."""
@@ -121,14 +123,18 @@ class SocketIOTransport:
         self.server.on_connected = self._on_connected
         self._asgi_app = socketio.ASGIApp(self.server, socketio_path=None)
         self._clients: dict[str, _Client] = {}
-        self._resuming: dict[str, _Client] = {}
-        """The clients that asked for ids (``lastEventId`` in their auth)."""
         self._buffer_bytes = settings.client_buffer_bytes
         self._watchdog = watchdog
         self._metrics = broker.metrics
         self._delivered = broker.metrics.delivered.labels(TRANSPORT)
         self._fanout_seconds = broker.metrics.fanout_seconds.labels(TRANSPORT)
         self._tasks: list[asyncio.Task[None]] = []
+        self._subscriber: Subscriber | None = None
+        self._owed = _Owed((-1, -1), [])
+        """The events last sent, by their span of indexes (most clients in a pass are owed the
+        same)."""
+        self._too_slow: list[str] = []
+        """Clients found over their budget during a pass (evicted after it)."""
 
     def route_handler(self) -> ASGIRouteHandler:
         asgi_app = self._asgi_app
@@ -162,7 +168,7 @@ class SocketIOTransport:
         return socketio_endpoint
 
     async def start(self) -> None:
-        subscriber = self._broker.subscribe(PUMP_BACKLOG, Overflow.DROP_OLDEST)
+        subscriber = self._subscriber = self._broker.subscribe(PUMP_BACKLOG, Overflow.DROP_OLDEST)
         self._tasks = [asyncio.create_task(self._pump(subscriber), name="socketio-pump")]
 
     async def stop(self) -> None:
@@ -212,11 +218,10 @@ class SocketIOTransport:
             RateLimit(self._settings.chat_rate_per_second, self._settings.chat_burst),
             address,
             resume_from,
+            position=self._subscriber.offered if self._subscriber is not None else 0,
         )
-        if resume_from is not None:
-            self._resuming[sid] = client
-            if resume_from:
-                client.pending = []  # until on_connected has replayed what it missed
+        if resume_from:
+            client.pending = []  # until on_connected has replayed what it missed
         if not self._presence.join(TRANSPORT, username):
             # The announcement waits for the conflation window; tell the newcomer now. (When it
             # went out at once, it reaches this client too: python-socketio already lists it.)
@@ -248,7 +253,6 @@ class SocketIOTransport:
 
     async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
         client = self._clients.pop(sid, None)
-        self._resuming.pop(sid, None)
         if client is None:
             return
         self._addresses.closed(client.address)
@@ -311,79 +315,90 @@ class SocketIOTransport:
     # ------------------------------------------------------------------ fan-out
 
     async def _pump(self, subscriber: Subscriber) -> None:
+        """Events encoded once, the same packet queued, or the same bytes written, to every
+        client, returning to the event loop every ``SLICE`` clients; events that come meanwhile
+        join the pass (``EventLog``)."""
+        log: EventLog[_Entry] = EventLog()
+        behind = False  # clients the last pass had already reached when events joined it
+        since = 0.0  # when the oldest event not yet sent to every client was queued
         try:
             while True:
-                batch = await subscriber.next_batch()
-                plain: list[Frame] = []
-                sendable: list[Event] = []
-                for event in batch:
-                    try:
-                        plain.append(Frame(event.socketio_text))
-                        sendable.append(event)
-                    except Exception:  # one bad event must never stop the fan-out
-                        logger.exception("dropped event %r: it cannot be encoded", event.name)
-                await self._fan_out(plain, sendable)
-                self._fanout_seconds.observe(time.monotonic() - subscriber.batch_since)
+                batch = subscriber.take() if behind else await subscriber.next_batch()
+                if batch:
+                    since = since if behind else subscriber.batch_since
+                    log.add(subscriber.offered - len(batch), [_Entry(e) for e in batch])
+                behind, joined_since = False, 0.0
+                delivered = 0
+                participants = list(self.server.manager.get_participants(NAMESPACE, None))
+                for number, (sid, eio_sid) in enumerate(participants, 1):
+                    if not number % SLICE:
+                        await asyncio.sleep(0)  # let publishes in; their events join this pass
+                        more = subscriber.take()
+                        if more:
+                            joined_since = joined_since or subscriber.batch_since
+                            log.add(subscriber.offered - len(more), [_Entry(e) for e in more])
+                            behind = True
+                    client = self._clients.get(sid)
+                    if client is None or client.position >= log.head:
+                        continue
+                    span = (client.position, log.head)
+                    client.position = log.head
+                    if span != self._owed.span:  # most clients are owed the same events
+                        self._owed = _Owed(span, log.since(span[0]))
+                    delivered += await self._send(client, eio_sid, self._owed)
+                self._delivered.inc(delivered)
+                self._fanout_seconds.observe(time.monotonic() - since)
+                since = joined_since
+                log.trim(min((c.position for c in self._clients.values()), default=log.head))
+                for eio_sid in self._too_slow:
+                    await self._evict(eio_sid)
+                self._too_slow.clear()
         except SubscriberClosed:
             pass
         finally:
             self._broker.unsubscribe(subscriber)
 
-    async def _fan_out(self, plain: list[Frame], sendable: list[Event]) -> None:
-        """Send one batch to every client, in order after what each was already sent.
+    async def _send(self, client: _Client, eio_sid: str, owed: _Owed) -> int:
+        """Send one client the events it is owed, after what it was already sent; how many.
 
         A websocket client whose Engine.IO queue is idle (nothing on its way through ASGI) gets
-        the batch's WebSocket frames written straight to its socket, framed once for everyone
-        (``direct.py``); any other gets the packets on its Engine.IO queue, for its writer."""
-        with_ids: list[tuple[Event, Frame]] | None = None  # built when first needed
-        plain_bytes: bytes | None = None
-        recipients = 0
-        too_slow: list[str] = []
-        sockets = self.server.eio.sockets
-        websockets = self.server.eio.websockets
+        their WebSocket frames written straight to its socket, framed once for every client owed
+        the same events (``direct.py``); any other gets the packets on its Engine.IO queue, for
+        its writer."""
+        if client.pending is not None:  # replaying: these go out after
+            client.pending.extend(owed.events)
+            return 0
+        socket = self.server.eio.sockets.get(eio_sid)
+        if socket is None or socket.closed:
+            return 0
+        if client.resume_from is None:
+            frames = owed.frames
+        else:
+            frames = client.fresh([(entry.event, entry.with_ids) for entry in owed.entries])
+        if not frames:
+            return 0
         budget = self._buffer_bytes
-        participants = list(self.server.manager.get_participants(NAMESPACE, None))
-        for number, (sid, eio_sid) in enumerate(participants, 1):
-            if not number % SLICE:
-                await asyncio.sleep(0)  # let publishes in: their events go in the next pass
-            client = self._resuming.get(sid) if self._resuming else None
-            if client is not None and client.pending is not None:
-                client.pending.extend(sendable)  # replaying: these go out after
-                continue
-            socket = sockets.get(eio_sid)
-            if socket is None or socket.closed:
-                continue
-            recipients += 1
-            frames = plain
-            if client is not None:
-                if with_ids is None:
-                    with_ids = [(e, Frame(e.socketio_text_with_id)) for e in sendable]
-                frames = client.fresh(with_ids)
-            queue = socket.queue
-            connection = websockets.get(eio_sid) if websockets else None
-            if (
-                connection is not None
-                and queue.idle
-                and socket.upgraded
-                and not socket.upgrading
-                and connection.writable
-            ):
-                if frames is plain:
-                    if plain_bytes is None:
-                        plain_bytes = b"".join(frame.websocket for frame in plain)
-                    data = plain_bytes
-                else:
-                    data = b"".join(frame.websocket for frame in frames)
-                if data and connection.write(data, budget):
-                    too_slow.append(eio_sid)
-                continue
-            for frame in frames:
-                await self._put(socket, frame)
-            if queue.bytes > budget and queue.qsize() > 1:
-                too_slow.append(eio_sid)
-        self._delivered.inc(recipients * len(plain))
-        for eio_sid in too_slow:
-            await self._evict(eio_sid)
+        queue = socket.queue
+        connection = self.server.eio.websockets.get(eio_sid)
+        if (
+            connection is not None
+            and queue.idle
+            and socket.upgraded
+            and not socket.upgrading
+            and connection.writable
+        ):
+            if frames is owed.frames:
+                data = owed.websocket
+            else:
+                data = b"".join(frame.websocket for frame in frames)
+            if connection.write(data, budget):
+                self._too_slow.append(eio_sid)
+            return len(frames)
+        for frame in frames:
+            await self._put(socket, frame)
+        if queue.bytes > budget and queue.qsize() > 1:
+            self._too_slow.append(eio_sid)
+        return len(frames)
 
     @staticmethod
     async def _put(socket: Any, frame: eio_packet.Packet) -> None:
@@ -415,6 +430,48 @@ class SocketIOTransport:
     def _eio_sid(self, sid: str) -> str:
         eio_sid: str = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
         return eio_sid
+
+
+class _Owed:
+    """The events of one span of the pump's log, ready for every client owed them: the
+    packets for classic clients and, made when first needed, their WebSocket frames."""
+
+    __slots__ = ("_websocket", "entries", "events", "frames", "span")
+
+    def __init__(self, span: tuple[int, int], entries: list[_Entry]) -> None:
+        self.span = span
+        self.entries = [entry for entry in entries if entry.plain is not None]
+        self.events = [entry.event for entry in self.entries]
+        self.frames: list[Frame] = [entry.plain for entry in self.entries if entry.plain]
+        self._websocket: bytes | None = None
+
+    @property
+    def websocket(self) -> bytes:
+        if self._websocket is None:
+            self._websocket = b"".join(frame.websocket for frame in self.frames)
+        return self._websocket
+
+
+class _Entry:
+    """An event in the pump's log, with its packet for classic clients (``None``: it cannot be
+    encoded, and is skipped) and, made when first needed, its packet with the id."""
+
+    __slots__ = ("_with_ids", "event", "plain")
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self._with_ids: Frame | None = None
+        try:
+            self.plain: Frame | None = Frame(event.socketio_text)
+        except Exception:  # one bad event must never stop the fan-out
+            logger.exception("dropped event %r: it cannot be encoded", event.name)
+            self.plain = None
+
+    @property
+    def with_ids(self) -> Frame:
+        if self._with_ids is None:
+            self._with_ids = Frame(self.event.socketio_text_with_id)
+        return self._with_ids
 
 
 def _resume_from(auth: dict[str, Any]) -> str | None:

@@ -51,6 +51,7 @@ from broadcast.settings import Settings
 from broadcast.transports.direct import (
     PUMP_BACKLOG,
     SLICE,
+    EventLog,
     body_framing,
     http_chunk,
     socket_of,
@@ -97,21 +98,21 @@ def _fresh(batch: list[Event], missed: Missed | None) -> tuple[list[Event], Miss
 class _PushedStream:
     """A stream written by the transport's pump (``SSETransport._pump``), not its own task."""
 
-    __slots__ = ("closed", "connection", "framing", "missed", "start")
+    __slots__ = ("closed", "connection", "framing", "missed", "pos")
 
     def __init__(
         self,
         connection: WatchedConnection,
         framing: Callable[[bytes], bytes],
         missed: Missed | None,
-        start: int,
+        pos: int,
     ) -> None:
         self.connection = connection
         self.framing = framing
         self.missed = missed
-        self.start = start
-        """The pump's first event for this stream (``Subscriber.offered``): those before it
-        reached the stream through its own subscriber."""
+        self.pos = pos
+        """The index of the next event the pump owes this stream (``Subscriber.offered``
+        numbering); those before it reached the stream through its own subscriber."""
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         """Why the stream ends, once it does (server shutdown, too slow)."""
 
@@ -381,36 +382,56 @@ class SSETransport:
             connection.expire()  # not reading: drop its socket now, not after a timeout
 
     async def _write_to_pushed(self, subscriber: Subscriber) -> None:
-        """The pump: each batch of events, framed once, written to every pushed stream's
-        socket, returning to the event loop every ``SLICE`` streams."""
-        while True:
-            try:
-                batch = await subscriber.next_batch()
-            except SubscriberClosed as closed:
-                evicted = self._broker.metrics.evicted.labels(closed.reason.split(":")[0])
-                for stream in list(self._pushed):
-                    evicted.inc()
-                    stream.end(closed.reason)
-                return
-            first = subscriber.offered - len(batch)  # the index of batch[0]
-            body = b"".join(event.sse_frame for event in batch)
-            chunked, raw = http_chunk(body), body
-            delivered = len(batch) - batch.count(KEEP_ALIVE)
-            streams = list(self._pushed)
-            for number, stream in enumerate(streams, 1):
-                if not number % SLICE:
-                    await asyncio.sleep(0)  # let publishes in: their events go in the next pass
-                if stream.closed.done():
-                    continue
-                if stream.start > first or stream.missed is not None:
-                    # Joined during this batch, or replaying: only what it has not had yet.
-                    own = batch[max(0, stream.start - first) :]
-                    own, stream.missed = _fresh(own, stream.missed)
-                    stream.start = 0
-                    if own:
-                        self._write(stream, stream.framing(b"".join(e.sse_frame for e in own)))
-                        self._delivered.inc(len(own))
-                    continue
-                self._write(stream, chunked if stream.framing is http_chunk else raw)
+        """The pump: events framed once, the same bytes written to every pushed stream's socket,
+        returning to the event loop every ``SLICE`` streams; events that come meanwhile join
+        the pass (``EventLog``)."""
+        log: EventLog[Event] = EventLog()
+        behind = False  # streams the last pass had already reached when events joined it
+        since = 0.0  # when the oldest event not yet written to every stream was queued
+        try:
+            while True:
+                batch = subscriber.take() if behind else await subscriber.next_batch()
+                if batch:
+                    since = since if behind else subscriber.batch_since
+                    log.add(subscriber.offered - len(batch), batch)
+                behind, joined_since = False, 0.0
+                delivered = 0
+                # Most streams are owed the same events: frame them once per (from, to).
+                framed: tuple[int, int, bytes, bytes] = (-1, -1, b"", b"")
+                for number, stream in enumerate(list(self._pushed), 1):
+                    if not number % SLICE:
+                        await asyncio.sleep(0)  # let publishes in; their events join this pass
+                        more = subscriber.take()
+                        if more:
+                            joined_since = joined_since or subscriber.batch_since
+                            log.add(subscriber.offered - len(more), more)
+                            behind = True
+                    position, head = stream.pos, log.head
+                    if position >= head or stream.closed.done():
+                        continue
+                    stream.pos = head
+                    if stream.missed is not None:  # replayed: skip what the replay sent
+                        events, stream.missed = _fresh(log.since(position), stream.missed)
+                        if events:
+                            self._write(stream, stream.framing(_frames(events)))
+                            delivered += len(events)
+                        continue
+                    if framed[:2] != (position, head):
+                        body = _frames(log.since(position))
+                        framed = (position, head, http_chunk(body), body)
+                    self._write(stream, framed[2] if stream.framing is http_chunk else framed[3])
+                    delivered += head - position
                 self._delivered.inc(delivered)
-            self._fanout_seconds.observe(time.monotonic() - subscriber.batch_since)
+                self._fanout_seconds.observe(time.monotonic() - since)
+                since = joined_since
+                owed = (stream.pos for stream in self._pushed if not stream.closed.done())
+                log.trim(min(owed, default=log.head))
+        except SubscriberClosed as closed:
+            evicted = self._broker.metrics.evicted.labels(closed.reason.split(":")[0])
+            for stream in list(self._pushed):
+                evicted.inc()
+                stream.end(closed.reason)
+
+
+def _frames(events: list[Event]) -> bytes:
+    return b"".join(event.sse_frame for event in events)
