@@ -24,8 +24,12 @@ buffer grows past ``BROADCAST_CLIENT_BUFFER_BYTES`` is disconnected as too slow.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
+
+from broadcast.broker import Subscriber
+from broadcast.events import Event
 
 T = TypeVar("T")
 
@@ -146,3 +150,47 @@ def body_framing(scope: Any) -> Callable[[bytes], bytes] | None:
     if version == "1.0":
         return bytes
     return None
+
+
+class Passes(Generic[T]):
+    """A transport pump's passes over its clients: the events it takes from its subscriber,
+    encoded (``encode``) into its log, and the timing of each pass.
+
+    A pump runs ``await start()``, then visits its clients, calling ``await breathe()`` every
+    ``SLICE`` of them and sending each what the log owes it, then ``end(positions)``."""
+
+    def __init__(self, subscriber: Subscriber, encode: Callable[[list[Event]], list[T]]) -> None:
+        self.subscriber = subscriber
+        self.log: EventLog[T] = EventLog()
+        self._encode = encode
+        self._behind = False  # clients the last pass had already reached when events joined it
+        self._since = 0.0  # when the oldest event not yet sent to every client was queued
+        self._joined_since = 0.0
+
+    async def start(self) -> None:
+        """Wait for events, unless the last pass left clients behind; raises
+        ``SubscriberClosed`` when the subscriber is closed."""
+        subscriber = self.subscriber
+        batch = subscriber.take() if self._behind else await subscriber.next_batch()
+        if batch:
+            self._since = self._since if self._behind else subscriber.batch_since
+            self.log.add(subscriber.offered - len(batch), self._encode(batch))
+        self._behind, self._joined_since = False, 0.0
+
+    async def breathe(self) -> None:
+        """Return to the event loop, so publishes get in; their events join this pass."""
+        await asyncio.sleep(0)
+        subscriber = self.subscriber
+        more = subscriber.take()
+        if more:
+            self._joined_since = self._joined_since or subscriber.batch_since
+            self.log.add(subscriber.offered - len(more), self._encode(more))
+            self._behind = True
+
+    def end(self, positions: Iterable[int]) -> float:
+        """End a pass, given every client's position; how long its oldest event waited until
+        every client had it (s)."""
+        waited = time.monotonic() - self._since
+        self._since = self._joined_since
+        self.log.trim(min(positions, default=self.log.head))
+        return waited

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +42,7 @@ from broadcast.limits import AddressLimit
 from broadcast.presence import Presence
 from broadcast.replay import missed_since
 from broadcast.settings import Settings
-from broadcast.transports.direct import PUMP_BACKLOG, SLICE, EventLog, socket_of
+from broadcast.transports.direct import PUMP_BACKLOG, SLICE, Passes, socket_of
 from broadcast.transports.socketio_server import (
     CONNECTION,
     NAMESPACE,
@@ -318,26 +317,16 @@ class SocketIOTransport:
         """Events encoded once, the same packet queued, or the same bytes written, to every
         client, returning to the event loop every ``SLICE`` clients; events that come meanwhile
         join the pass (``EventLog``)."""
-        log: EventLog[_Entry] = EventLog()
-        behind = False  # clients the last pass had already reached when events joined it
-        since = 0.0  # when the oldest event not yet sent to every client was queued
+        passes = Passes(subscriber, lambda events: [_Entry(event) for event in events])
+        log = passes.log
         try:
             while True:
-                batch = subscriber.take() if behind else await subscriber.next_batch()
-                if batch:
-                    since = since if behind else subscriber.batch_since
-                    log.add(subscriber.offered - len(batch), [_Entry(e) for e in batch])
-                behind, joined_since = False, 0.0
+                await passes.start()
                 delivered = 0
                 participants = list(self.server.manager.get_participants(NAMESPACE, None))
                 for number, (sid, eio_sid) in enumerate(participants, 1):
                     if not number % SLICE:
-                        await asyncio.sleep(0)  # let publishes in; their events join this pass
-                        more = subscriber.take()
-                        if more:
-                            joined_since = joined_since or subscriber.batch_since
-                            log.add(subscriber.offered - len(more), [_Entry(e) for e in more])
-                            behind = True
+                        await passes.breathe()
                     client = self._clients.get(sid)
                     if client is None or client.position >= log.head:
                         continue
@@ -347,9 +336,8 @@ class SocketIOTransport:
                         self._owed = _Owed(span, log.since(span[0]))
                     delivered += await self._send(client, eio_sid, self._owed)
                 self._delivered.inc(delivered)
-                self._fanout_seconds.observe(time.monotonic() - since)
-                since = joined_since
-                log.trim(min((c.position for c in self._clients.values()), default=log.head))
+                positions = (client.position for client in self._clients.values())
+                self._fanout_seconds.observe(passes.end(positions))
                 for eio_sid in self._too_slow:
                     await self._evict(eio_sid)
                 self._too_slow.clear()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -51,7 +50,7 @@ from broadcast.settings import Settings
 from broadcast.transports.direct import (
     PUMP_BACKLOG,
     SLICE,
-    EventLog,
+    Passes,
     body_framing,
     http_chunk,
     socket_of,
@@ -385,27 +384,17 @@ class SSETransport:
         """The pump: events framed once, the same bytes written to every pushed stream's socket,
         returning to the event loop every ``SLICE`` streams; events that come meanwhile join
         the pass (``EventLog``)."""
-        log: EventLog[Event] = EventLog()
-        behind = False  # streams the last pass had already reached when events joined it
-        since = 0.0  # when the oldest event not yet written to every stream was queued
+        passes: Passes[Event] = Passes(subscriber, lambda events: events)
+        log = passes.log
         try:
             while True:
-                batch = subscriber.take() if behind else await subscriber.next_batch()
-                if batch:
-                    since = since if behind else subscriber.batch_since
-                    log.add(subscriber.offered - len(batch), batch)
-                behind, joined_since = False, 0.0
+                await passes.start()
                 delivered = 0
                 # Most streams are owed the same events: frame them once per (from, to).
                 framed: tuple[int, int, bytes, bytes] = (-1, -1, b"", b"")
                 for number, stream in enumerate(list(self._pushed), 1):
                     if not number % SLICE:
-                        await asyncio.sleep(0)  # let publishes in; their events join this pass
-                        more = subscriber.take()
-                        if more:
-                            joined_since = joined_since or subscriber.batch_since
-                            log.add(subscriber.offered - len(more), more)
-                            behind = True
+                        await passes.breathe()
                     position, head = stream.pos, log.head
                     if position >= head or stream.closed.done():
                         continue
@@ -422,10 +411,8 @@ class SSETransport:
                     self._write(stream, framed[2] if stream.framing is http_chunk else framed[3])
                     delivered += head - position
                 self._delivered.inc(delivered)
-                self._fanout_seconds.observe(time.monotonic() - since)
-                since = joined_since
                 owed = (stream.pos for stream in self._pushed if not stream.closed.done())
-                log.trim(min(owed, default=log.head))
+                self._fanout_seconds.observe(passes.end(owed))
         except SubscriberClosed as closed:
             evicted = self._broker.metrics.evicted.labels(closed.reason.split(":")[0])
             for stream in list(self._pushed):
