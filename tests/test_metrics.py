@@ -55,6 +55,13 @@ async def test_metrics_parse_and_follow_the_traffic(start_server: StartServer) -
         assert now[("broadcast_frames_delivered_total", (("transport", "sse"),))] >= 3
         assert now[("broadcast_frames_delivered_total", (("transport", "socketio"),))] >= 3
         assert now[("broadcast_publish_seconds_count", ())] == 1
+        for transport in ("sse", "socketio"):  # each pass over a transport's clients is timed
+            passes = now[("broadcast_fanout_seconds_count", (("transport", transport),))]
+            assert passes >= 1
+            within_a_second = now[
+                ("broadcast_fanout_seconds_bucket", (("le", "1.0"), ("transport", transport)))
+            ]
+            assert within_a_second == passes, "a pass over two clients takes far less than 1 s"
         await alice.disconnect()
     await until(lambda: server.user_count() == 0, 5, "everyone gone")
     after = scrape(server.url)
