@@ -444,11 +444,20 @@ def main(argv: list[str] | None = None) -> int:
     results["table"] = [dict(zip(report.HEADER, r, strict=True)) for r in rows]
     json_path = o.out_dir / f"{stamp}.json"
     json_path.write_text(json.dumps(results, indent=1))
+    targets = report.target_rows(results)
+    results["targets"] = [dict(zip(report.TARGET_HEADER, r, strict=True)) for r in targets]
+    json_path.write_text(json.dumps(results, indent=1))
     md_path = o.out_dir / f"{stamp}.md"
-    md_path.write_text(report.markdown_table(rows) + "\n")
+    md_text = report.markdown_table(rows) + "\n"
+    if targets:
+        md_text += "\n" + report.markdown_targets(targets) + "\n"
+    md_path.write_text(md_text)
     png_path = o.out_dir / f"{stamp}.png"
     why_not = report.plot(results, png_path)
     print(report.text_table(rows))
+    if targets:
+        print()
+        print(report.text_targets(targets))
     log(f"results: {json_path}")
     log(f"table (Markdown): {md_path}")
     log(f"plot: {png_path}" if why_not is None else f"no plot: {why_not}")

@@ -265,6 +265,116 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
 
 HEADER = ["scenario", "metric", "ours", "node", "ours/node"]
 
+TARGET_HEADER = ["target (the performance issue's)", "measured", "verdict"]
+
+
+def _verdict(met: bool, short: str) -> str:
+    return "met" if met else f"MISSED: {short}"
+
+
+def target_rows(results: dict[str, Any]) -> list[list[str]]:
+    """[target, measured, verdict] for each target of the performance issue that these runs
+    measure: met, or missed and by how much (a target is never lowered to pass)."""
+    runs: list[Run] = results["runs"]
+    rate = dig(results, "config", "rate")
+    rows: list[list[str]] = []
+
+    def pairs(scenario: str) -> list[tuple[Run, Run | None]]:
+        ours = [r for r in runs if r["scenario"] == scenario and r["target"] == "ours"]
+        node = {r["case"]: r for r in runs if r["scenario"] == scenario and r["target"] == "node"}
+        return [(r, node.get(r["case"])) for r in ours if r["ok"]]
+
+    for ours, node in pairs("storm"):
+        a, b = storm("converge_ms", "connect")(ours), storm("converge_ms", "connect")(node or {})
+        if ours["clients"] >= 5000 and isinstance(a, int | float) and isinstance(b, int | float):
+            x = b / a
+            rows.append(
+                [
+                    f"storm {ours['case']}: all on the count >= 20x faster than Node, none dropped",
+                    f"{a / 1000:.2f} s vs {b / 1000:.1f} s: {x:.1f}x; dropped {errors(ours)}",
+                    _verdict(x >= 20 and errors(ours) == 0, f"{x:.1f}x of 20x"),
+                ]
+            )
+        if ours["clients"] >= 10000:
+            rows.append(
+                [
+                    f"{ours['clients']:,} connections held without errors",
+                    f"errors + drops {errors(ours)}",
+                    _verdict(errors(ours) == 0, f"{errors(ours)} errors"),
+                ]
+            )
+    for ours, node in pairs("fanout"):
+        if ours["clients"] < 5000:
+            continue
+        a, b = fan("deliveries_per_s")(ours), fan("deliveries_per_s")(node or {})
+        if isinstance(a, int | float) and isinstance(b, int | float) and b:
+            rows.append(
+                [
+                    f"fanout {ours['case']}: deliveries/s >= Node's",
+                    f"{a:,.0f} vs {b:,.0f}: {a / b:.2f}x",
+                    _verdict(a >= b, f"{(1 - a / b) * 100:.0f} % short"),
+                ]
+            )
+        p99, bad = fan("latency_ms", "p99")(ours), fan_bad(ours)
+        if rate == 50 and isinstance(p99, int | float):
+            over = (p99 - 100) / 100 * 100
+            rows.append(
+                [
+                    f"fanout {ours['case']} at 50/s: p99 < 100 ms, 0 lost or out of order",
+                    f"p99 {p99:.0f} ms; lost + out of order + dup {bad}",
+                    _verdict(p99 < 100 and bad == 0, f"{p99 - 100:.0f} ms ({over:.0f} %) over"),
+                ]
+            )
+    limits = {"sse": 40.0, "ws": 60.0}
+    for ours, _ in pairs("footprint"):
+        transport = dig(ours, "result", "footprint", "transport")
+        kb = dig(ours, "result", "footprint", "kb_per_connection")
+        if transport in limits and isinstance(kb, int | float):
+            limit = limits[transport]
+            rows.append(
+                [
+                    f"footprint {ours['case']}: < {limit:.0f} KB per idle connection",
+                    f"{kb:.1f} KB",
+                    _verdict(kb < limit, f"{kb - limit:.1f} KB over"),
+                ]
+            )
+    cold = [r["cold_start_ms"] for r in runs if r["target"] == "ours" and r.get("cold_start_ms")]
+    if cold:
+        median = statistics.median(cold)
+        rows.append(
+            [
+                "cold start to first connection < 1 s (median)",
+                f"{median:.0f} ms (slowest {max(cold):.0f})",
+                _verdict(median < 1000, f"{median - 1000:.0f} ms over"),
+            ]
+        )
+    for ours, _ in pairs("soak") + [
+        (r, None) for r in runs if r["scenario"] == "soak" and not r["ok"]
+    ]:
+        pct, tol = soak("rss_end_vs_start_pct")(ours), soak("rss_tolerance")(ours)
+        if isinstance(pct, int | float) and isinstance(tol, int | float):
+            rows.append(
+                [
+                    f"soak {ours['case']}: RSS within {tol:.0%} of the start after all left",
+                    f"{pct:+.1f} %",
+                    _verdict(pct <= tol * 100, f"{pct - tol * 100:.1f} points over"),
+                ]
+            )
+    return rows
+
+
+def text_targets(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [TARGET_HEADER, *rows]) for i in range(3)]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [TARGET_HEADER, *rows]
+    )
+
+
+def markdown_targets(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(TARGET_HEADER) + " |", "|---|---|---|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
 
 def text_table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
@@ -371,6 +481,10 @@ def main(argv: list[str] | None = None) -> int:
     merged = {**loaded[0], "runs": [r for d in loaded for r in d["runs"]]}
     rows = table_rows(merged)
     print(markdown_table(rows) if o.markdown else text_table(rows))
+    targets = target_rows(merged)
+    if targets:
+        print()
+        print(markdown_targets(targets) if o.markdown else text_targets(targets))
     if o.plot is not None:
         why_not = plot(merged, o.plot)
         if why_not:
