@@ -11,8 +11,8 @@ events per second falls behind, and the latency shows it. Publishes go one at a 
 on one keep-alive connection. ``--rate 0``: back to back, ``t`` the time of sending.
 
 Prints one JSON object: how many went out, errors (with a sample), the worst lag behind the
-schedule, each request's round trip (p50, p99, max), and the wall-clock times of the first and
-last publish.
+schedule, each request's round trip (p50, p99, max) and which request was the slowest, and the
+wall-clock times of the first and last publish.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ async def publish_all(o: argparse.Namespace) -> dict[str, Any]:
         except (OSError, TimeoutError) as exc:
             status, text = -1, repr(exc).encode()
         rtts.append((now() - started) * 1000)
+        if rtts[-1] == max(rtts):
+            result["slowest_request"] = i
         if status not in (200, 201, 202):
             result["errors"] += 1
             result["error_sample"] = result["error_sample"] or f"HTTP {status} {text[:80]!r}"
