@@ -32,6 +32,16 @@ def publish(server: Server, data: str) -> None:
     assert response.status_code == 202, response.text
 
 
+async def publish_from(http: httpx.AsyncClient, event: str, data: str) -> None:
+    """Publish on ``http`` (based at the server's URL) without blocking the test's event loop."""
+    response = await http.post(
+        "/publish",
+        json={"event": event, "data": data},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert response.status_code == 202, response.text
+
+
 def evicted(server: Server, reason: str) -> float:
     text = httpx.get(f"{server.url}/metrics", timeout=5).text
     for family in text_string_to_metric_families(text):
@@ -137,12 +147,7 @@ async def test_a_polling_client_that_stops_polling_is_evicted_and_others_keep_up
         # It never polls again, so everything for it waits on the server.
         event = "y" * 20_000
         for number in range(20):
-            response = await http.post(
-                "/publish",
-                json={"event": "bulk", "data": f"{number}:{event}"},
-                headers={"Authorization": f"Bearer {TOKEN}"},
-            )
-            assert response.status_code == 202
+            await publish_from(http, "bulk", f"{number}:{event}")
         await until(lambda: server.user_count() == 1, 5, "the idle poller to be evicted")
         await until(
             lambda: len([n for n, _ in bystander.events if n == "bulk"]) == 20,
@@ -219,12 +224,7 @@ async def test_one_event_larger_than_the_budget_still_reaches_clients_that_keep_
         big = "b" * 1_500_000  # larger than the budget and than a loopback socket's buffers
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
             for number in range(3):
-                response = await http.post(
-                    "/publish",
-                    json={"event": "big", "data": f"{number}:{big}"},
-                    headers={"Authorization": f"Bearer {TOKEN}"},
-                )
-                assert response.status_code == 202
+                await publish_from(http, "big", f"{number}:{big}")
         await until(
             lambda: len([n for n, _ in sio.events if n == "big"]) == 3, 10, "Socket.IO: 3 events"
         )
