@@ -1,6 +1,6 @@
 """Give memory back to the operating system once the audience has shrunk.
 
-Why this exists (measured, see docs/performance.md, "Memory return"): after 1,000 clients leave,
+Why this exists (measured, see docs/performance-log.md, "Memory return"): after 1,000 clients leave,
 the server's RSS stayed about 46 MB above its idle baseline, for two reasons.
 
 1. Departed connections leave reference cycles behind (cancelled tasks with their frames and
