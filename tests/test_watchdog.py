@@ -1,0 +1,152 @@
+"""The send watchdog, below the transports: a fake socket and a fake ASGI ``send`` stand in for
+hypercorn's (the transports' own tests drive the real ones, tests/test_slow_clients.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+
+from broadcast.transports.watchdog import (
+    HTTP_GONE,
+    STALLED_BYTES,
+    ClientTooSlow,
+    SendWatchdog,
+    WatchedConnection,
+)
+from tests.support import until
+
+
+class FakeSocket:
+    """A socket whose unsent bytes a test sets (``buffered``), as the client reads or not."""
+
+    def __init__(self) -> None:
+        self.buffered = 0
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.buffered += len(data)
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def evicted() -> Counter:
+    return Counter("evicted", "evicted", ["reason"], registry=CollectorRegistry())
+
+
+async def never_receive() -> Any:
+    await asyncio.Event().wait()
+
+
+async def no_send(message: Any) -> None:
+    pass
+
+
+def test_a_direct_write_within_the_socket_buffer_is_never_too_slow() -> None:
+    socket = FakeSocket()
+    connection = WatchedConnection(no_send, never_receive, HTTP_GONE, socket)
+    assert connection.writable
+    assert connection.write(b"x" * STALLED_BYTES, budget=1 << 20) is False
+    assert connection.stalled_since is None
+
+
+def test_over_budget_only_counts_bytes_the_client_had_not_taken_before() -> None:
+    socket = FakeSocket()
+    connection = WatchedConnection(no_send, never_receive, HTTP_GONE, socket)
+    budget = 100_000
+    # One event larger than the budget still goes out to a client that had taken everything.
+    assert connection.write(b"x" * (budget * 2), budget) is False
+    assert connection.stalled_since is not None
+    # More on top of what it has not read: too slow.
+    assert connection.write(b"y", budget) is True
+
+
+def test_a_stalled_socket_is_stuck_after_the_timeout_unless_the_client_catches_up() -> None:
+    socket = FakeSocket()
+    connection = WatchedConnection(no_send, never_receive, HTTP_GONE, socket)
+    connection.write(b"x" * (STALLED_BYTES + 1), budget=1 << 20)
+    stalled = connection.stalled_since
+    assert stalled is not None
+    assert not connection.stuck(stalled + 5, timeout=10)
+    assert connection.stuck(stalled + 11, timeout=10)
+    socket.buffered = 0  # the client read it all
+    assert not connection.stuck(stalled + 11, timeout=10)
+    assert connection.stalled_since is None
+
+
+async def test_expiring_cancels_a_blocked_write_which_raises_too_slow() -> None:
+    blocked = asyncio.Event()
+
+    async def send_blocks(message: Any) -> None:
+        blocked.set()
+        await asyncio.Event().wait()  # the client's TCP buffers are full
+
+    socket = FakeSocket()
+    connection = WatchedConnection(send_blocks, never_receive, HTTP_GONE, socket)
+    writer = asyncio.create_task(connection.send({"type": "http.response.body"}))
+    await asyncio.wait_for(blocked.wait(), 5)
+    assert connection.since is not None
+    connection.expire()
+    with pytest.raises(ClientTooSlow):
+        await asyncio.wait_for(writer, 5)
+    assert socket.aborted
+    assert not connection.writable
+    await connection.send({"type": "http.response.body"})  # after the cut: nothing, no error
+
+
+async def test_expiring_ends_a_pending_receive_as_a_disconnect() -> None:
+    connection = WatchedConnection(no_send, never_receive, HTTP_GONE, None)
+    receiving = asyncio.create_task(connection.receive())
+    await until(lambda: connection._receiving is not None, 5, "the receive to start")
+    connection.expire()
+    assert await asyncio.wait_for(receiving, 5) == HTTP_GONE
+    assert await connection.receive() == HTTP_GONE  # and every one after
+
+
+async def test_a_cancelled_write_that_was_not_expired_stays_a_cancellation() -> None:
+    async def send_blocks(message: Any) -> None:
+        await asyncio.Event().wait()
+
+    connection = WatchedConnection(send_blocks, never_receive, HTTP_GONE, None)
+    writer = asyncio.create_task(connection.send({}))
+    await until(lambda: connection.since is not None, 5, "the write to start")
+    writer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writer
+
+
+async def test_the_sweep_expires_only_connections_stuck_longer_than_the_timeout() -> None:
+    watchdog = SendWatchdog(timeout=10, evicted=evicted())
+    stuck_socket, fine_socket = FakeSocket(), FakeSocket()
+    stuck = watchdog.watch(no_send, never_receive, HTTP_GONE, stuck_socket)
+    fine = watchdog.watch(no_send, never_receive, HTTP_GONE, fine_socket)
+    stuck.write(b"x" * (STALLED_BYTES + 1), budget=1 << 20)
+    fine.write(b"x", budget=1 << 20)
+    assert watchdog.sweep() == 0  # not for long enough yet
+    assert stuck.stalled_since is not None
+    stuck.stalled_since -= 11  # as if 11 s had passed
+    assert watchdog.sweep() == 1
+    assert stuck.expired
+    assert stuck_socket.aborted
+    assert not fine.expired
+    assert not fine_socket.aborted
+    assert watchdog.sweep() == 0  # expired once, then forgotten
+
+
+def test_a_forgotten_connection_is_never_swept() -> None:
+    watchdog = SendWatchdog(timeout=1, evicted=evicted())
+    connection = watchdog.watch(no_send, never_receive, HTTP_GONE, None)
+    connection.since = time.monotonic() - 60
+    watchdog.forget(connection)
+    assert watchdog.sweep() == 0
+    assert not connection.expired
