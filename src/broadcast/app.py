@@ -26,7 +26,7 @@ from broadcast.api import create_api_router
 from broadcast.broker import Broker, create_backends
 from broadcast.identity import Identity
 from broadcast.limits import AddressLimit
-from broadcast.memory import MemoryReturn
+from broadcast.memory_return import MemoryReturn
 from broadcast.metrics import Metrics
 from broadcast.presence import Presence
 from broadcast.publish import create_publish_router, publish_tokens

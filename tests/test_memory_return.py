@@ -1,4 +1,4 @@
-"""Memory goes back to the operating system once the audience has shrunk (broadcast.memory).
+"""Memory goes back to the operating system once the audience has shrunk (broadcast.memory_return).
 
 The policy is checked with a clock of its own (no waiting); the whole behaviour with a real
 server: 500 SSE clients come and go, and the server's RSS returns within 10 % of its baseline.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from broadcast.memory import MemoryReturn, ReturnPolicy, glibc_malloc_trim
+from broadcast.memory_return import MemoryReturn, ReturnPolicy, glibc_malloc_trim
 from tests.conftest import StartServer
 from tests.support import HYPERCORN, sse_session, until, wait_until
 
