@@ -35,6 +35,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_413_REQUEST_ENTITY_TOO
 
 from broadcast.broker import Broker, BrokerUnavailable
 from broadcast.events import CHAT_MESSAGE, ERROR, GAP, USER, USER_COUNT, Event
+from broadcast.lone_surrogates import lone_surrogate
 from broadcast.settings import Settings
 from broadcast.users import RateLimit, Refused
 
@@ -208,6 +209,16 @@ def _client_error(_: Request[Any, Any, Any], exc: ClientException) -> Response[d
     return Response(body, status_code=exc.status_code, headers=exc.headers)
 
 
+async def refuse_lone_surrogates(request: Request[Any, Any, Any]) -> None:
+    """Before the body is decoded (Litestar keeps it for that): a clear 400 for JSON whose
+    text is not Unicode, which the decoder would call "truncated"."""
+    if where := lone_surrogate(await request.body()):
+        raise ClientException(
+            detail=f"malformed JSON: {where}: JSON text must be valid Unicode (a \\ud800-\\udbff "
+            "escape must be followed by a \\udc00-\\udfff one)"
+        )
+
+
 def create_publish_router(settings: Settings, broker: Broker, tokens: PublishTokens) -> Router:
     def authorized(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         tokens.check(connection.headers.get("authorization"))
@@ -270,6 +281,7 @@ def create_publish_router(settings: Settings, broker: Broker, tokens: PublishTok
         path="/publish",
         route_handlers=[publish, publish_batch],
         guards=[authorized],
+        before_request=refuse_lone_surrogates,
         request_max_body_size=settings.publish_max_bytes,
         exception_handlers={ClientException: _client_error},
         tags=["publish"],
