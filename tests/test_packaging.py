@@ -1,6 +1,7 @@
 """What a release ships works: the sdist and wheel `python -m build` makes from a clean `git
 archive` of HEAD, installed in a fresh venv and served from outside the checkout, give a page
-that goes live over websocket and chats in Chromium.
+that goes live over websocket and chats in Chromium. And `scripts/run` serves a clean copy
+for an unprivileged user without Node.
 
 This is the path a user takes (`pip install` of a clone, of `git+...`, of a release), where a
 git-ignored or generated file would be missing. It tests HEAD: commit first.
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -33,7 +36,7 @@ def clean_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("BROADCAST")}
 
 
-def run(argv: list[str | Path], cwd: Path, timeout: float) -> str:
+def run(argv: list[str | Path], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [str(arg) for arg in argv],
         cwd=cwd,
@@ -44,14 +47,11 @@ def run(argv: list[str | Path], cwd: Path, timeout: float) -> str:
         check=False,
     )
     assert result.returncode == 0, f"{argv} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
+    return result
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv with the wheel built from HEAD's sdist; yields the venv's bin directory."""
-    work = tmp_path_factory.mktemp("release")
-    source, dist, venv = work / "source", work / "dist", work / "venv"
+def export_head(destination: Path) -> None:
+    """HEAD's files, as a clean clone or `pip install git+...` would have them."""
     archive = subprocess.run(
         ["git", "archive", "--format=tar", "HEAD"],
         cwd=PROJECT_ROOT,
@@ -60,7 +60,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=30,
     ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(source, filter="data")
+        tar.extractall(destination, filter="data")
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with the wheel built from HEAD's sdist; yields the venv's bin directory."""
+    work = tmp_path_factory.mktemp("release")
+    source, dist, venv = work / "source", work / "dist", work / "venv"
+    export_head(source)
 
     # Builds the sdist, then the wheel from the unpacked sdist, as a release does.
     run([sys.executable, "-m", "build", "--outdir", dist, source], work, timeout=120)
@@ -77,7 +85,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [venv / "bin" / "python", "-c", "import broadcast; print(broadcast.__file__)"],
         work,
         timeout=30,
-    )
+    ).stdout
     assert Path(where.strip()).is_relative_to(venv), f"imported from {where}"
     return venv / "bin"
 
@@ -148,3 +156,49 @@ async def test_the_built_wheel_serves_a_live_page_with_chat(
     finally:
         await alice.close()
         await bob.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_scripts_run_serves_a_clean_copy_without_node_as_an_unprivileged_user() -> None:
+    """`scripts/run` in a fresh copy of HEAD, as `nobody` (when the tests run as root), with
+    `npm` and `node` on PATH replaced by programs that fail: it sets up and serves the page
+    with its Socket.IO client, never asking for Node or root."""
+    work = Path(tempfile.mkdtemp(prefix="broadcast-run-"))  # not under pytest's 0700 tmp
+    try:
+        work.chmod(0o755)
+        source, home, shims = work / "source", work / "home", work / "shims"
+        for directory in (source, home, shims):
+            directory.mkdir()
+        export_head(source)
+        for tool in ("npm", "node"):
+            (shims / tool).write_text(f'#!/bin/sh\necho "{tool} must not be needed" >&2\nexit 97\n')
+            (shims / tool).chmod(0o755)
+        user: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(source, "nobody", "nogroup")
+            shutil.chown(home, "nobody", "nogroup")
+            for path in source.rglob("*"):
+                shutil.chown(path, "nobody", "nogroup")
+            user = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        as_user = [
+            *user,
+            "env",
+            "-i",
+            f"HOME={home}",
+            f"PATH={shims}:/usr/local/bin:/usr/bin:/bin",
+        ]
+        # The first run installs the venv (longer than running_server waits for an answer).
+        setup = run([*as_user, source / "scripts" / "setup"], source, timeout=150)
+        assert "setup: installing" in setup.stderr
+        assert "\x1b[" not in setup.stderr, "no colour codes when not on a terminal (CI logs)"
+        assert not (source / "node_modules").exists()
+        with running_server(work, command=[*as_user, str(source / "scripts" / "run")]) as server:
+            page = httpx.get(f"{server.url}/")
+            assert page.status_code == 200
+            assert 'id="count"' in page.text
+            served = httpx.get(f"{server.url}/{VENDORED_CLIENT}")
+            assert served.status_code == 200
+            assert served.content == (PROJECT_ROOT / VENDORED_CLIENT).read_bytes()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
