@@ -110,7 +110,7 @@ def test_the_page_is_served_from_an_installed_wheel(
         check=True,
         timeout=150,
     )
-    (wheel,) = wheels.glob("broadcast-*.whl")
+    (wheel,) = wheels.glob("broadcast_live-*.whl")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", site, wheel],
         check=True,

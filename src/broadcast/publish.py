@@ -15,7 +15,7 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, Router, post
@@ -30,10 +30,12 @@ from litestar.exceptions import (
 )
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Schema
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 from broadcast.broker import Broker, BrokerUnavailable
 from broadcast.events import CHAT_MESSAGE, ERROR, GAP, USER, USER_COUNT, Event
+from broadcast.lone_surrogates import lone_surrogate
 from broadcast.settings import Settings
 from broadcast.users import RateLimit, Refused
 
@@ -61,8 +63,32 @@ RESERVED_EVENT_NAMES = frozenset(
 )
 
 
+EVENT_NAME_PATTERN = r"^[^\r\n]*$"
+"""No line break (it would end the SSE ``event:`` line). For the schema: check_event_name
+enforces it."""
+
+EventName = Annotated[
+    str,
+    # Documentation only: msgspec would refuse with its own terse messages, check_event_name
+    # with clear ones (and a batch says which event). Litestar reads "extra" into the schema.
+    msgspec.Meta(
+        extra_json_schema={
+            "description": "The event name clients listen for (`socket.on(name)`, SSE "
+            f"`event: name`): 1 to {EVENT_NAME_MAX_LENGTH} characters, no line break, not one of "
+            "the server's own or Socket.IO's reserved names.",
+            "extra": {
+                "minLength": 1,
+                "maxLength": EVENT_NAME_MAX_LENGTH,
+                "pattern": EVENT_NAME_PATTERN,
+                "not": Schema(enum=sorted(RESERVED_EVENT_NAMES)),
+            },
+        }
+    ),
+]
+
+
 class PublishRequest(msgspec.Struct, forbid_unknown_fields=True):
-    event: str
+    event: EventName
     """The event name clients listen for (``socket.on(name)``, SSE ``event: name``)."""
     data: Any = None
     """Any JSON value; clients receive it as is."""
@@ -183,6 +209,16 @@ def _client_error(_: Request[Any, Any, Any], exc: ClientException) -> Response[d
     return Response(body, status_code=exc.status_code, headers=exc.headers)
 
 
+async def refuse_lone_surrogates(request: Request[Any, Any, Any]) -> None:
+    """Before the body is decoded (Litestar keeps it for that): a clear 400 for JSON whose
+    text is not Unicode, which the decoder would call "truncated"."""
+    if where := lone_surrogate(await request.body()):
+        raise ClientException(
+            detail=f"malformed JSON: {where}: JSON text must be valid Unicode (a \\ud800-\\udbff "
+            "escape must be followed by a \\udc00-\\udfff one)"
+        )
+
+
 def create_publish_router(settings: Settings, broker: Broker, tokens: PublishTokens) -> Router:
     def authorized(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         tokens.check(connection.headers.get("authorization"))
@@ -245,6 +281,7 @@ def create_publish_router(settings: Settings, broker: Broker, tokens: PublishTok
         path="/publish",
         route_handlers=[publish, publish_batch],
         guards=[authorized],
+        before_request=refuse_lone_surrogates,
         request_max_body_size=settings.publish_max_bytes,
         exception_handlers={ClientException: _client_error},
         tags=["publish"],

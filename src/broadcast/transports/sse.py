@@ -209,6 +209,9 @@ class SSETransport:
     def route_handler(self) -> HTTPRouteHandler:
         @get(
             "/events",
+            media_type="text/event-stream",  # for the schema: the response sets its own
+            response_description="The stream: `retry:`, the `user count`, then every event as "
+            "`event:`, `id:` and `data:` (JSON)",
             summary="Subscribe to every event as Server-Sent Events",
             description="`user count` first, then every event. `username` names the client "
             "(announced to everyone with the `user` event); without it the client is anonymous. "
