@@ -18,7 +18,7 @@ def token(claims: dict[str, object], secret: str = SECRET, algorithm: str = "HS2
     return jwt.encode(claims, secret, algorithm=algorithm)
 
 
-def later(seconds: float = 60) -> int:
+def later(seconds: float = 86_400) -> int:
     return int(time.time() + seconds)
 
 
@@ -129,7 +129,7 @@ def test_anonymous_clients_are_refused_only_when_identity_is_required() -> None:
 @pytest.mark.parametrize(
     ("bad", "why"),
     [
-        (token({"sub": "alice", "exp": later(-60)}), "expired"),
+        (token({"sub": "alice", "exp": later(-3600)}), "expired"),
         (token({"sub": "alice"}), "exp"),
         (token({"exp": later()}), "sub"),
         (token({"sub": "alice", "exp": later()}, secret="another-" + SECRET), "[Ss]ignature"),
