@@ -7,13 +7,22 @@ replays after CONNECT, and gives every client an outgoing queue that counts its 
 Engine.IO server that never hangs a request on a long-polling client's goodbye and lists the
 websocket connection of each session (for the pump's direct writes); and the frames the pump
 sends, which know their size and their WebSocket framing.
+
+Conformance with the protocol (the official test suite, ``tests/protocol-suite/``, and
+``docs/socketio-conformance.md``): refusals carry Engine.IO's error bodies, a client's CLOSE
+packet ends its session at once, sessions that never send a Socket.IO CONNECT are closed after
+a timeout, and a packet that is not Socket.IO closes its connection with one log line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
+import logging
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -21,9 +30,12 @@ import engineio
 import socketio
 from engineio import packet as eio_packet
 from engineio.async_drivers import asgi as engineio_asgi
+from socketio import packet as sio_packet
 
 from broadcast.transports.direct import websocket_text
 from broadcast.transports.watchdog import WatchedConnection
+
+logger = logging.getLogger(__name__)
 
 NAMESPACE = "/"
 
@@ -115,6 +127,89 @@ class CountingQueue(asyncio.Queue[Any]):
             self.get_nowait()
             self.task_done()
 
+    def peek(self) -> Any:
+        """The next packet, left in the queue (``None``: empty)."""
+        return self._queue[0] if self.qsize() else None  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------- Engine.IO errors
+
+# Engine.IO's error codes (the reference server's ``Server.errors``), sent as
+# ``{"code": N, "message": "..."}`` with every refused request, HTTP or websocket.
+UNKNOWN_TRANSPORT, UNKNOWN_SID, BAD_HANDSHAKE_METHOD, BAD_REQUEST, FORBIDDEN = range(5)
+UNSUPPORTED_PROTOCOL_VERSION = 5
+
+
+def error_response(status: int, code: int, message: str) -> dict[str, Any]:
+    """A refusal as python-engineio's response dicts: JSON ``{"code", "message"}``."""
+    reason = "FORBIDDEN" if status == 403 else "BAD REQUEST"
+    return {
+        "status": f"{status} {reason}",
+        "headers": [("Content-Type", "application/json")],
+        "response": json.dumps({"code": code, "message": message}).encode(),
+    }
+
+
+def _code_of(message: str) -> int:
+    """The Engine.IO error code of one of python-engineio's bad-request messages."""
+    if message.startswith("Invalid transport"):
+        return UNKNOWN_TRANSPORT
+    if message.startswith("Invalid session"):
+        return UNKNOWN_SID
+    if "unsupported version" in message:
+        return UNSUPPORTED_PROTOCOL_VERSION
+    return BAD_REQUEST
+
+
+async def _respond(status: str, headers: list[Any], payload: Any, environ: dict[str, Any]) -> None:
+    """python-engineio's ASGI ``make_response``, except that a refused websocket gets its status
+    and body as an HTTP response (the ASGI websocket denial extension, which hypercorn has)
+    instead of a bare close, which the server turns into a 403 without a body."""
+    scope = environ["asgi.scope"]
+    extensions = scope.get("extensions") or {}
+    if scope["type"] != "websocket" or status.startswith("200 "):
+        await engineio_asgi.make_response(status, headers, payload, environ)
+    elif "websocket.http.response" not in extensions:
+        await environ["asgi.send"]({"type": "websocket.close"})
+    else:
+        send = environ["asgi.send"]
+        encoded = [(name.encode(), value.encode()) for name, value in headers]
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": int(status.split(" ")[0]),
+                "headers": encoded,
+            }
+        )
+        body = payload if isinstance(payload, bytes) else str(payload or "").encode()
+        await send({"type": "websocket.http.response.body", "body": body})
+
+
+def _refusal(scope: dict[str, Any], query: dict[str, list[str]], transports: Any) -> Any:
+    """A request python-engineio would get wrong, refused as the protocol says (``None``: let
+    python-engineio handle it): no ``transport`` (it assumes polling, even for a websocket),
+    a method other than GET, POST and OPTIONS (405, where the protocol says 400), a handshake
+    that is not a GET, a websocket that is not ``transport=websocket``."""
+    transport = query.get("transport", [None])[0]
+    has_sid = "sid" in query
+    if transport not in transports:
+        return error_response(400, UNKNOWN_TRANSPORT, "Invalid transport")
+    if scope["type"] == "websocket":
+        if transport != "websocket":
+            return error_response(400, BAD_REQUEST, "Invalid websocket upgrade")
+        return None
+    method = scope.get("method")
+    if method == "OPTIONS":
+        return None
+    if not has_sid and method != "GET":
+        return error_response(400, BAD_HANDSHAKE_METHOD, "Bad handshake method")
+    if method not in ("GET", "POST"):
+        return error_response(400, BAD_REQUEST, f"Method {method} not supported")
+    return None
+
+
+# ---------------------------------------------------------------------------- Engine.IO server
+
 
 class _WebSocket(engineio_asgi.WebSocket):  # type: ignore[misc]
     """python-engineio's ASGI websocket, which also lists its session's connection in
@@ -139,14 +234,26 @@ class _WebSocket(engineio_asgi.WebSocket):  # type: ignore[misc]
 
 
 class EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
-    """python-engineio's server with two fixes (pinned to python-engineio 4.x internals), found
-    by fuzzing (tests/test_fuzz.py):
+    """python-engineio's server with these fixes (pinned to python-engineio 4.x internals), found
+    by fuzzing (tests/test_fuzz.py) and by the protocol's test suite (tests/protocol-suite/):
 
     - disconnecting a long-polling client never waits for it to collect its CLOSE packet
       (python-engineio waits for a GET that may never come, and the POST that caused the
-      disconnect is then never answered);
+      disconnect is then never answered); disconnecting a websocket client closes its websocket
+      (python-engineio sends the CLOSE packet and leaves the websocket open);
     - a POST to a session its client just closed is a 400, not a 500 (python-engineio's POST
       path lets the ``KeyError`` for a closed session escape);
+    - a client's CLOSE packet ends its session at once: the websocket closes, a pending poll
+      gets a NOOP (python-engineio leaves both until the ping timeout);
+    - a request to a session whose ping timed out is refused, even when the periodic check has
+      not come round to it yet;
+    - a second websocket for a session that has one is refused (python-engineio accepts it and
+      leaves it waiting forever for a probe);
+    - refusals carry Engine.IO's error bodies, ``{"code", "message"}``, over HTTP and websocket
+      alike; no transport, and methods other than GET, POST and OPTIONS, are 400;
+    - the handshake states a ping interval under a second exactly (python-engineio truncates
+      it to whole seconds);
+    - a refused request is logged at info (python-engineio logs the client's fault as an error);
 
     and ``websockets``: the connection of each session on a websocket, by Engine.IO sid.
     """
@@ -154,8 +261,11 @@ class EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         drivers: dict[str, Any] = getattr(self, "_async")  # noqa: B009 (untyped in engineio)
-        self._async = {**drivers, "websocket": _WebSocket}  # a copy: it is module state
+        # A copy: it is module state.
+        self._async = {**drivers, "websocket": _WebSocket, "make_response": _respond}
         self.websockets: dict[str, WatchedConnection] = {}
+        self._websocket_sids: set[str] = set()
+        """Sessions with a websocket being opened or open (upgrades)."""
 
     async def disconnect(self, sid: str | None = None) -> None:
         if sid is None:
@@ -164,21 +274,144 @@ class EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         socket = self.sockets.get(sid)
         if socket is not None and not socket.closed:
             await socket.close(wait=False, abort=False, reason=self.reason.SERVER_DISCONNECT)
+            if socket.upgraded:  # a websocket: end its writer (and the websocket) after CLOSE
+                socket.queue.put_nowait(None)
         self.sockets.pop(sid, None)
 
     async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
-        scope = args[0] if args else None
-        if isinstance(scope, dict) and scope.get("method") == "POST":
-            sid = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("sid", [""])[0]
-            socket = self.sockets.get(sid)
-            if socket is not None and socket.closed:
-                del self.sockets[sid]  # python-engineio then answers "Invalid session"
-        return await super().handle_request(*args, **kwargs)
+        scope, receive, send = args[:3] if len(args) >= 3 else (None, None, None)
+        if not isinstance(scope, dict):
+            return await super().handle_request(*args, **kwargs)
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        sid = query.get("sid", [""])[0]
+        refusal = _refusal(scope, query, self.transports)
+        if refusal is None and scope["type"] == "websocket" and sid and self._has_websocket(sid):
+            # As the reference server: accepted, then closed at once (the protocol's test suite
+            # waits for a close, not a refused handshake).
+            await receive()
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close", "code": 1008})
+            return None
+        if refusal is not None:
+            if scope["type"] == "websocket":
+                await receive()  # websocket.connect: ASGI wants it taken before an answer
+            headers = [*refusal["headers"], *self._cors_headers(_cors_environ(scope))]
+            environ = {"asgi.scope": scope, "asgi.send": send}
+            await _respond(refusal["status"], headers, refusal["response"], environ)
+            return None
+        socket = self.sockets.get(sid)
+        if socket is not None and not socket.closed and not await socket.check_ping_timeout():
+            del self.sockets[sid]  # its ping timed out: python-engineio answers "Invalid session"
+        elif socket is not None and socket.closed and scope.get("method") == "POST":
+            del self.sockets[sid]  # python-engineio then answers "Invalid session"
+        if scope["type"] != "websocket" or not sid:
+            return await super().handle_request(*args, **kwargs)
+        self._websocket_sids.add(sid)
+        try:
+            return await super().handle_request(*args, **kwargs)
+        finally:
+            self._websocket_sids.discard(sid)
+
+    def _has_websocket(self, sid: str) -> bool:
+        """Whether a session already has a websocket, open or being upgraded to."""
+        socket = self.sockets.get(sid)
+        upgrading = socket is not None and (socket.upgrading or socket.upgraded)
+        return sid in self._websocket_sids or upgrading
+
+    async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        if event == "connect":  # the session is open, its OPEN packet queued and not yet sent
+            self._state_ping_interval(args[0])
+        result = await super()._trigger_event(event, *args, **kwargs)
+        if event == "disconnect" and args[1:2] == (self.reason.CLIENT_DISCONNECT,):
+            self._end_session(args[0])  # the client's own CLOSE packet
+        return result
+
+    def _state_ping_interval(self, sid: str) -> None:
+        socket = self.sockets.get(sid)
+        opening: Any = socket.queue.peek() if socket is not None else None
+        data = getattr(opening, "data", None)
+        if getattr(opening, "packet_type", None) == eio_packet.OPEN and isinstance(data, dict):
+            interval = self.ping_interval + self.ping_interval_grace_period
+            data["pingInterval"] = round(interval * 1000)
+
+    def _end_session(self, sid: str) -> None:
+        socket = self.sockets.get(sid)
+        if socket is None:
+            return
+        if not socket.upgraded:  # the poll waiting now is answered, as the protocol says
+            socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+        socket.queue.put_nowait(None)  # and nothing more: a websocket's writer closes it
+
+    def _log_error_once(self, message: str, message_key: str) -> None:
+        # A refused request is the client's fault, not the server's error.
+        logger.info("refused an Engine.IO request: %s", message)
+
+    def _bad_request(self, message: str | None = None) -> dict[str, Any]:
+        message = message or "Bad request"
+        return error_response(400, _code_of(message), message)
+
+    def _method_not_found(self) -> dict[str, Any]:
+        return error_response(400, BAD_REQUEST, "Method not supported")
+
+    def _unauthorized(self, message: Any = None) -> dict[str, Any]:
+        return error_response(403, FORBIDDEN, str(message or "Forbidden"))
 
     def create_queue(self, *args: Any, **kwargs: Any) -> Any:
         if args or kwargs:  # not a client's outgoing queue
             return super().create_queue(*args, **kwargs)
         return CountingQueue()
+
+
+def _cors_environ(scope: dict[str, Any]) -> dict[str, Any]:
+    """What python-engineio's CORS headers need of a request's WSGI-style environ."""
+    environ: dict[str, Any] = {"wsgi.url_scheme": scope.get("scheme", "http")}
+    for name, value in scope.get("headers", []):
+        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        environ[key] = value.decode("latin-1")
+    environ["REQUEST_METHOD"] = scope.get("method", "GET")
+    return environ
+
+
+# ---------------------------------------------------------------------------- Socket.IO server
+
+MAX_ATTACHMENTS = 10
+"""Binary attachments one packet may announce (socket.io-parser's default ``maxAttachments``):
+each is held until the packet is complete."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an Engine.IO session is refused: at once (HTTP 403, ``{"code": 4, "message"}``), or
+    ``at_connect``: its Socket.IO CONNECT gets ``connect_error`` with the message, and the
+    session closes (a client is then told why)."""
+
+    message: str
+    at_connect: bool = False
+
+
+def packet_problem(pkt: Any) -> str | None:
+    """What is wrong with a decoded Socket.IO packet from a client (``None``: nothing), as
+    socket.io-parser checks payloads."""
+    kind, data = pkt.packet_type, pkt.data
+    if kind == sio_packet.CONNECT:
+        return None if data is None or isinstance(data, dict) else "CONNECT payload not an object"
+    if kind == sio_packet.DISCONNECT:
+        return None if data is None else "DISCONNECT with a payload"
+    if kind in (sio_packet.EVENT, sio_packet.BINARY_EVENT):
+        if not isinstance(data, list) or not data:
+            return "event payload not a non-empty array"
+        name = data[0]
+        if not isinstance(name, str | int) or isinstance(name, bool):
+            return "event name not a string"
+    elif kind in (sio_packet.ACK, sio_packet.BINARY_ACK):
+        if not isinstance(data, list):
+            return "ack payload not an array"
+    else:
+        return f"unexpected packet type {kind}"
+    binary = kind in (sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK)
+    if binary and not 1 <= pkt.attachment_count <= MAX_ATTACHMENTS:
+        return f"binary packet with {pkt.attachment_count} attachments"
+    return None
 
 
 class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
@@ -191,13 +424,94 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
       ran leaves at once (python-socketio would mark the dead session connected for good);
     - ``on_connected`` runs once the CONNECT packet is queued, so what a client missed is
       replayed after it (python-socketio has no such hook);
-    - every client's outgoing queue counts its bytes (``CountingQueue``).
+    - every client's outgoing queue counts its bytes (``CountingQueue``);
+    - ``admit`` sees every Engine.IO session open (python-socketio only shows CONNECTs, so a
+      session that never connects escapes any limit), ``on_session_closed`` its end;
+    - a session that joins no namespace within ``connect_timeout`` is closed (Socket.IO's
+      ``connectTimeout``; python-socketio keeps it until the client goes);
+    - a packet that is not valid Socket.IO closes its session, with one log line
+      (python-socketio logs a traceback and keeps the connection);
+    - a CONNECT to a namespace nobody serves gets ``{"message": "Invalid namespace"}`` (the
+      official client reads ``message``; python-socketio sends a bare string).
     """
 
     on_connected: Any = None
+    admit: Callable[[str, dict[str, Any]], Refusal | None] | None = None
+    on_session_closed: Callable[[str], None] | None = None
+    on_invalid_packet: Callable[[str], None] | None = None
+
+    def __init__(self, *args: Any, connect_timeout: float = 45.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connect_timeout = connect_timeout
+        self._deadlines: dict[str, asyncio.TimerHandle] = {}
+        self._refusals: dict[str, str] = {}
+        self._closing: set[asyncio.Future[None]] = set()
 
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return EngineIOServer
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
+        await super()._handle_eio_connect(eio_sid, environ)
+        refusal = self.admit(eio_sid, environ) if self.admit is not None else None
+        if refusal is not None and not refusal.at_connect:
+            self.environ.pop(eio_sid, None)
+            return refusal.message  # python-engineio refuses the handshake (403)
+        if refusal is not None:
+            self._refusals[eio_sid] = refusal.message
+        loop = asyncio.get_running_loop()
+        self._deadlines[eio_sid] = loop.call_later(
+            self.connect_timeout, self._connect_timed_out, eio_sid
+        )
+        return None
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        deadline = self._deadlines.pop(eio_sid, None)
+        if deadline is not None:
+            deadline.cancel()
+        self._refusals.pop(eio_sid, None)
+        try:
+            await super()._handle_eio_disconnect(eio_sid, reason)
+        finally:
+            if self.on_session_closed is not None:
+                self.on_session_closed(eio_sid)
+
+    def _connect_timed_out(self, eio_sid: str) -> None:
+        self._deadlines.pop(eio_sid, None)
+        logger.info(
+            "closing Engine.IO session %s: no Socket.IO CONNECT within %g s",
+            eio_sid,
+            self.connect_timeout,
+        )
+        closing = asyncio.ensure_future(self.eio.disconnect(eio_sid))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        problem = self._invalid(eio_sid, data)
+        if problem is None:
+            await super()._handle_eio_message(eio_sid, data)
+            return
+        logger.info("closing Engine.IO session %s: invalid Socket.IO packet (%s)", eio_sid, problem)
+        if self.on_invalid_packet is not None:
+            self.on_invalid_packet(eio_sid)
+        self._binary_packet.pop(eio_sid, None)
+        await self.eio.disconnect(eio_sid)
+
+    def _invalid(self, eio_sid: str, data: Any) -> str | None:
+        if eio_sid in self._binary_packet:
+            return None if isinstance(data, bytes) else "text where an attachment was due"
+        if not isinstance(data, str):
+            return "binary data without a binary packet"
+        try:
+            pkt = self.packet_class(encoded_packet=data)
+        except Exception as exc:  # python-socketio's decoder raises whatever it meets
+            return f"undecodable: {type(exc).__name__}"
+        problem = packet_problem(pkt)
+        binary = pkt.packet_type in (sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK)
+        joined = self.manager.sid_from_eio_sid(eio_sid, pkt.namespace or NAMESPACE)
+        if problem is None and binary and not joined:
+            problem = "binary packet outside a namespace"
+        return problem
 
     async def _handle_event_internal(
         self, server: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: Any
@@ -208,14 +522,39 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
         await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
-        await super()._handle_connect(eio_sid, namespace, data)
         namespace = namespace or NAMESPACE
+        refusal = self._refusals.get(eio_sid)
+        if refusal is not None or not self._serves(namespace):
+            message = refusal if refusal is not None else "Invalid namespace"
+            await self._send_packet(
+                eio_sid,
+                self.packet_class(
+                    sio_packet.CONNECT_ERROR, data={"message": message}, namespace=namespace
+                ),
+            )
+            if refusal is not None:
+                await self.eio.disconnect(eio_sid)
+            return
+        await super()._handle_connect(eio_sid, namespace, data)
         socket = self.eio.sockets.get(eio_sid)
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         if sid is not None and (socket is None or socket.closed):
             await self._handle_disconnect(eio_sid, namespace, self.reason.TRANSPORT_CLOSE)
-        elif sid is not None and self.on_connected is not None:
-            await self.on_connected(sid)
+        elif sid is not None:
+            deadline = self._deadlines.pop(eio_sid, None)
+            if deadline is not None:
+                deadline.cancel()
+            if self.on_connected is not None:
+                await self.on_connected(sid)
+
+    def _serves(self, namespace: str) -> bool:
+        """python-socketio's own test of a namespace it accepts CONNECTs for."""
+        return bool(
+            namespace in self.handlers
+            or namespace in self.namespace_handlers
+            or self.namespaces == "*"
+            or namespace in self.namespaces
+        )
 
 
 def decodable(message: Any) -> bool:
