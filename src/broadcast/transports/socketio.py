@@ -43,15 +43,13 @@ from broadcast.presence import Presence
 from broadcast.replay import missed_since
 from broadcast.settings import Settings
 from broadcast.transports.direct import PUMP_BACKLOG, SLICE, Passes, socket_of
+from broadcast.transports.engineio_server import CONNECTION, Frame, decodable
 from broadcast.transports.socketio_server import (
-    CONNECTION,
     NAMESPACE,
     RESERVED_EVENT,
-    Frame,
     GuardedServer,
     Refusal,
     ack_requested,
-    decodable,
 )
 from broadcast.transports.watchdog import WEBSOCKET_GONE, SendWatchdog
 from broadcast.users import RateLimit, Refused, parse_chat_message
