@@ -269,6 +269,28 @@ async def test_a_second_websocket_during_an_upgrade_is_closed(server: Server) ->
         assert packet is not None
 
 
+async def test_a_poll_during_an_upgrade_is_answered_and_the_upgrade_completes(
+    server: Server,
+) -> None:
+    """A client's last poll, which it waits for before it completes its upgrade, is answered
+    (after the short wait for the upgrade to end), and the upgrade then completes."""
+    async with httpx.AsyncClient(timeout=PROMPTLY) as http:
+        opening = await http.get(f"{server.url}{EIO}&transport=polling")
+        sid = json.loads(opening.text[1:])["sid"]
+        async with raw_websocket(server, f"&transport=websocket&sid={sid}") as ws:
+            await ws.send_str("2probe")
+            assert await next_text(ws) == "3probe"
+            poll = await http.get(f"{server.url}{EIO}&transport=polling&sid={sid}")
+            assert (poll.status_code, poll.text) == (200, "6")
+            await ws.send_str("5")
+            await ws.send_str("40")
+            while (packet := await next_text(ws)) is not None and not packet.startswith("40"):
+                pass
+            assert packet is not None
+            late = await http.get(f"{server.url}{EIO}&transport=polling&sid={sid}")
+            assert late.status_code == 400
+
+
 # ---------------------------------------------------------------------------- namespaces
 
 

@@ -12,6 +12,7 @@ and their WebSocket framing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import deque
@@ -26,6 +27,10 @@ from broadcast.transports.direct import websocket_text
 from broadcast.transports.watchdog import WatchedConnection
 
 logger = logging.getLogger(__name__)
+
+UPGRADE_SETTLES_WITHIN = 0.1
+"""Seconds a long-polling GET that comes during its session's upgrade waits for the upgrade to
+end (the reference server holds it too: its upgrade check runs every 100 ms)."""
 
 CONNECTION = "broadcast.connection"
 """The scope key under which a websocket's ``WatchedConnection`` reaches python-engineio."""
@@ -192,14 +197,16 @@ def _refusal(scope: dict[str, Any], query: dict[str, list[str]], transports: Any
 
 class _WebSocket(engineio_asgi.WebSocket):  # type: ignore[misc]
     """python-engineio's ASGI websocket, which also lists its session's connection in
-    ``EngineIOServer.websockets`` while it runs."""
+    ``EngineIOServer.websockets`` while it runs, and tells the server when its session's upgrade
+    may have moved on (after each frame it reads, and at its end)."""
 
     def __init__(self, handler: Any, server: Any) -> None:
         super().__init__(handler, server)
         self._server = server
+        self._session = getattr(handler, "__self__", None)  # the socket this websocket serves
 
     async def __call__(self, environ: dict[str, Any]) -> Any:
-        session = getattr(self.handler, "__self__", None)  # the socket this websocket serves
+        session = self._session
         connection = environ.get("asgi.scope", {}).get(CONNECTION)
         websockets: dict[str, WatchedConnection] = self._server.websockets
         if session is None or not isinstance(connection, WatchedConnection):
@@ -208,8 +215,20 @@ class _WebSocket(engineio_asgi.WebSocket):  # type: ignore[misc]
         try:
             return await super().__call__(environ)
         finally:
+            self._upgrade_moved()
             if websockets.get(session.sid) is connection:
                 del websockets[session.sid]
+
+    async def wait(self) -> Any:
+        try:
+            return await super().wait()
+        finally:
+            self._upgrade_moved()
+
+    def _upgrade_moved(self) -> None:
+        # Soon, not now: python-engineio updates the upgrade's state right after this returns.
+        if self._session is not None and self._session.sid in self._server.upgrade_watchers:
+            asyncio.get_running_loop().call_soon(self._server.upgrade_moved, self._session.sid)
 
 
 class EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
@@ -226,8 +245,10 @@ class EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
       gets a NOOP (python-engineio leaves both until the ping timeout);
     - a request to a session whose ping timed out is refused, even when the periodic check has
       not come round to it yet;
-    - a second websocket for a session that has one is refused (python-engineio accepts it and
-      leaves it waiting forever for a probe);
+    - a second websocket for a session that has one is closed at once (python-engineio accepts
+      it and leaves it waiting forever for a probe);
+    - a long-polling GET that comes during its session's upgrade waits for the upgrade to end
+      (``_upgrade_settled``), so that one sent after it completed is refused as such;
     - refusals carry Engine.IO's error bodies, ``{"code", "message"}``, over HTTP and websocket
       alike; no transport, and methods other than GET, POST and OPTIONS, are 400;
     - the handshake states a ping interval under a second exactly (python-engineio truncates
@@ -245,6 +266,8 @@ class EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         self.websockets: dict[str, WatchedConnection] = {}
         self._websocket_sids: set[str] = set()
         """Sessions with a websocket being opened or open (upgrades)."""
+        self.upgrade_watchers: dict[str, asyncio.Event] = {}
+        """Sessions whose upgrade a request waits on: set when the upgrade may have moved on."""
 
     async def disconnect(self, sid: str | None = None) -> None:
         if sid is None:
@@ -279,6 +302,8 @@ class EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
             await _respond(refusal["status"], headers, refusal["response"], environ)
             return None
         socket = self.sockets.get(sid)
+        if socket is not None and socket.upgrading and scope.get("method") == "GET":
+            await self._upgrade_settled(sid, socket)
         if socket is not None and not socket.closed and not await socket.check_ping_timeout():
             del self.sockets[sid]  # its ping timed out: python-engineio answers "Invalid session"
         elif socket is not None and socket.closed and scope.get("method") == "POST":
@@ -290,6 +315,29 @@ class EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
             return await super().handle_request(*args, **kwargs)
         finally:
             self._websocket_sids.discard(sid)
+
+    async def _upgrade_settled(self, sid: str, socket: Any) -> None:
+        """Wait, briefly, for a session's upgrade to end.
+
+        A client sends its last polling requests before it completes an upgrade, but they may
+        arrive after frames of its websocket: answered at once, a GET would get a NOOP as if the
+        session still polled; a moment later, a 400 as a session upgraded. A poll a client waits
+        for before it completes its upgrade costs it ``UPGRADE_SETTLES_WITHIN`` at most."""
+        moved = self.upgrade_watchers.setdefault(sid, asyncio.Event())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + UPGRADE_SETTLES_WITHIN
+        try:
+            while socket.upgrading and (left := deadline - loop.time()) > 0:
+                moved.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(moved.wait(), left)
+        finally:
+            self.upgrade_watchers.pop(sid, None)
+
+    def upgrade_moved(self, sid: str) -> None:
+        watcher = self.upgrade_watchers.get(sid)
+        if watcher is not None:
+            watcher.set()
 
     def _has_websocket(self, sid: str) -> bool:
         """Whether a session already has a websocket, open or being upgraded to."""
