@@ -114,7 +114,8 @@ class SocketIOTransport:
             ping_interval=settings.socketio_ping_interval_ms / 1000,
             ping_timeout=settings.socketio_ping_timeout_ms / 1000,
             connect_timeout=settings.socketio_connect_timeout_ms / 1000,
-            # Their warnings and errors as our (JSON) log lines; their chatter stays out.
+            # Their errors (a bug) as our JSON log lines; their chatter and warnings (about a
+            # client's fault, each a line: a flood under attack) stay out.
             logger=_library_logger("socketio"),
             engineio_logger=_library_logger("engineio"),
         )
@@ -506,10 +507,10 @@ def _address(environ: dict[str, Any]) -> str:
 
 
 def _library_logger(name: str) -> logging.Logger:
-    """A logger for python-socketio or python-engineio under ours: warnings and errors only (at
+    """A logger for python-socketio or python-engineio under ours, for their errors only (at
     info they log every packet)."""
     library = logging.getLogger(f"{logging.getLogger(__name__).name}.{name}")
-    library.setLevel(logging.WARNING)
+    library.setLevel(logging.ERROR)
     return library
 
 
