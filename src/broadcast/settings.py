@@ -45,6 +45,18 @@ class Settings(BaseSettings):
     socketio_transports: Annotated[tuple[str, ...], NoDecode] = ("polling", "websocket")
     """Socket.IO transports accepted (``websocket`` alone needs no sticky sessions)."""
 
+    socketio_ping_interval_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 25_000
+    """How often Socket.IO clients are pinged (Engine.IO ``pingInterval``; python-socketio's
+    default)."""
+
+    socketio_ping_timeout_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 20_000
+    """How long a Socket.IO client may take to answer a ping before its session is closed
+    (Engine.IO ``pingTimeout``)."""
+
+    socketio_connect_timeout_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 45_000
+    """An Engine.IO session that sends no Socket.IO CONNECT within this time is closed
+    (Socket.IO's ``connectTimeout``)."""
+
     count_conflation_ms: Annotated[int, Field(ge=0, le=10_000)] = 50
     """Window merging further ``user count`` changes into one emit (0: emit every change)."""
 

@@ -43,14 +43,13 @@ from broadcast.presence import Presence
 from broadcast.replay import missed_since
 from broadcast.settings import Settings
 from broadcast.transports.direct import PUMP_BACKLOG, SLICE, Passes, socket_of
+from broadcast.transports.engineio_server import CONNECTION, Frame, decodable
 from broadcast.transports.socketio_server import (
-    CONNECTION,
     NAMESPACE,
     RESERVED_EVENT,
-    Frame,
     GuardedServer,
+    Refusal,
     ack_requested,
-    decodable,
 )
 from broadcast.transports.watchdog import WEBSOCKET_GONE, SendWatchdog
 from broadcast.users import RateLimit, Refused, parse_chat_message
@@ -112,9 +111,17 @@ class SocketIOTransport:
             cors_allowed_origins="*" if "*" in origins else (list(origins) or None),
             transports=list(settings.socketio_transports),
             max_http_buffer_size=settings.max_frame_bytes,
-            logger=False,
-            engineio_logger=False,
+            ping_interval=settings.socketio_ping_interval_ms / 1000,
+            ping_timeout=settings.socketio_ping_timeout_ms / 1000,
+            connect_timeout=settings.socketio_connect_timeout_ms / 1000,
+            # Their errors (a bug) as our JSON log lines; their chatter and warnings (about a
+            # client's fault, each a line: a flood under attack) stay out.
+            logger=_library_logger("socketio"),
+            engineio_logger=_library_logger("engineio"),
         )
+        self.server.admit = self._admit
+        self.server.on_session_closed = self._on_session_closed
+        self.server.on_invalid_packet = self._on_invalid_packet
         self.server.on("connect", self._on_connect)
         self.server.on("disconnect", self._on_disconnect)
         self.server.on(CHAT_MESSAGE, self._on_chat_message)
@@ -122,6 +129,11 @@ class SocketIOTransport:
         self.server.on_connected = self._on_connected
         self._asgi_app = socketio.ASGIApp(self.server, socketio_path=None)
         self._clients: dict[str, _Client] = {}
+        self._sessions: dict[str, tuple[str, bool]] = {}
+        """Every open Engine.IO session: its address, and whether it counts against the
+        address's limit (else it is refused at its CONNECT)."""
+        self._refusing: set[str] = set()
+        """Addresses with a session open to be told, at its CONNECT, that they are over."""
         self._buffer_bytes = settings.client_buffer_bytes
         self._watchdog = watchdog
         self._metrics = broker.metrics
@@ -140,7 +152,8 @@ class SocketIOTransport:
         watchdog = self._watchdog
         metrics = self._metrics
 
-        @asgi("/socket.io", is_mount=True, copy_scope=True)
+        # opt: the server, for tests that add handlers to it (tests/protocol_app.py).
+        @asgi("/socket.io", is_mount=True, copy_scope=True, opt={"socketio_server": self.server})
         async def socketio_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != ScopeType.WEBSOCKET:
                 await asgi_app(scope, receive, send)
@@ -198,20 +211,46 @@ class SocketIOTransport:
 
     # ------------------------------------------------------------------ connections
 
+    def _admit(self, eio_sid: str, environ: dict[str, Any]) -> Refusal | None:
+        """Count an Engine.IO session against its address's limit from its opening on, so
+        that sessions that never send CONNECT are counted too. Over the limit, one session at a
+        time is let in to be told why at its CONNECT (``connect_error``); any other is refused
+        at once (403)."""
+        address = _address(environ)
+        if self._addresses.allows(address):
+            self._addresses.opened(address)
+            self._sessions[eio_sid] = (address, True)
+            return None
+        self._metrics.refused.labels("connect").inc()
+        refusal = self._addresses.refusal(address)
+        if address in self._refusing:
+            return Refusal(refusal)
+        self._refusing.add(address)
+        self._sessions[eio_sid] = (address, False)
+        return Refusal(refusal, at_connect=True)
+
+    def _on_session_closed(self, eio_sid: str) -> None:
+        session = self._sessions.pop(eio_sid, None)
+        if session is None:
+            return
+        address, counted = session
+        if counted:
+            self._addresses.closed(address)
+        else:
+            self._refusing.discard(address)
+
+    def _on_invalid_packet(self, eio_sid: str) -> None:
+        self._metrics.refused.labels("packet").inc()
+
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         auth = auth if isinstance(auth, dict) else {}
-        # python-engineio's ASGI environ says REMOTE_ADDR=127.0.0.1 for everyone: ask the scope.
-        client = environ.get("asgi.scope", {}).get("client")
-        address = str(client[0]) if client else ""
+        address = _address(environ)
         try:
-            if not self._addresses.allows(address):
-                raise Refused(self._addresses.refusal(address))
             username = self._identity.username(auth.get("username"), auth.get("token"))
             resume_from = _resume_from(auth)
         except Refused as refused:
             self._metrics.refused.labels("connect").inc()
             raise socketio.exceptions.ConnectionRefusedError(str(refused)) from None
-        self._addresses.opened(address)
         client = self._clients[sid] = _Client(
             username,
             RateLimit(self._settings.chat_rate_per_second, self._settings.chat_burst),
@@ -254,7 +293,6 @@ class SocketIOTransport:
         client = self._clients.pop(sid, None)
         if client is None:
             return
-        self._addresses.closed(client.address)
         self._presence.leave(TRANSPORT, client.username)
         # Why every client left: ordinary goodbyes (the client said so, or closed its
         # connection: a tab closed) at debug level, anything else (too slow, ping timeout, the
@@ -460,6 +498,20 @@ class _Entry:
         if self._with_ids is None:
             self._with_ids = Frame(self.event.socketio_text_with_id)
         return self._with_ids
+
+
+def _address(environ: dict[str, Any]) -> str:
+    # python-engineio's ASGI environ says REMOTE_ADDR=127.0.0.1 for everyone: ask the scope.
+    client = environ.get("asgi.scope", {}).get("client")
+    return str(client[0]) if client else ""
+
+
+def _library_logger(name: str) -> logging.Logger:
+    """A logger for python-socketio or python-engineio under ours, for their errors only (at
+    info they log every packet)."""
+    library = logging.getLogger(f"{logging.getLogger(__name__).name}.{name}")
+    library.setLevel(logging.ERROR)
+    return library
 
 
 def _resume_from(auth: dict[str, Any]) -> str | None:

@@ -1,29 +1,29 @@
-"""python-socketio and python-engineio, adapted (pinned to python-socketio 5.x and
-python-engineio 4.x internals; each change says why).
+"""python-socketio, adapted (pinned to python-socketio 5.x internals; each change says why).
 
-The transport (``socketio.py``) uses these instead of the stock classes: a server that tells
+The transport (``socketio.py``) uses ``GuardedServer`` instead of the stock server: it tells
 handlers whether an acknowledgement was asked for, refuses client events named like its own,
-replays after CONNECT, and gives every client an outgoing queue that counts its bytes; an
-Engine.IO server that never hangs a request on a long-polling client's goodbye and lists the
-websocket connection of each session (for the pump's direct writes); and the frames the pump
-sends, which know their size and their WebSocket framing.
+replays after CONNECT, lets the transport admit or refuse each Engine.IO session from its
+handshake, closes sessions that never connect, and closes the connection of a client that sends
+what is not Socket.IO, with one log line (``docs/socketio-conformance.md``). Its Engine.IO server
+is ``engineio_server.EngineIOServer``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections import deque
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
 
 import engineio
 import socketio
-from engineio import packet as eio_packet
-from engineio.async_drivers import asgi as engineio_asgi
+from socketio import packet as sio_packet
 
-from broadcast.transports.direct import websocket_text
-from broadcast.transports.watchdog import WatchedConnection
+from broadcast.transports.engineio_server import EngineIOServer
+
+logger = logging.getLogger(__name__)
 
 NAMESPACE = "/"
 
@@ -36,149 +36,47 @@ _SERVER_ONLY_EVENTS = frozenset({"connect", "disconnect"})
 RESERVED_EVENT = "\x00reserved"
 """Stands in for a server-only event name, so the catch-all handler refuses it."""
 
-CONNECTION = "broadcast.connection"
-"""The scope key under which a websocket's ``WatchedConnection`` reaches python-engineio."""
+
+# ---------------------------------------------------------------------------- Socket.IO server
+
+MAX_ATTACHMENTS = 10
+"""Binary attachments one packet may announce (socket.io-parser's default ``maxAttachments``):
+each is held until the packet is complete."""
 
 
-class Frame(eio_packet.Packet):  # type: ignore[misc]
-    """An Engine.IO MESSAGE packet that knows its size in bytes (for the client's buffer) and
-    its WebSocket frame (for direct writes: the same bytes for every client)."""
+@dataclass(frozen=True)
+class Refusal:
+    """Why an Engine.IO session is refused: at once (HTTP 403, ``{"code": 4, "message"}``), or
+    ``at_connect``: its Socket.IO CONNECT gets ``connect_error`` with the message, and the
+    session closes (a client is then told why)."""
 
-    def __init__(self, text: str) -> None:
-        super().__init__(eio_packet.MESSAGE, text)
-        self.size = len(text.encode())
-        self._websocket: bytes | None = None
-
-    @property
-    def websocket(self) -> bytes:
-        if self._websocket is None:
-            self._websocket = websocket_text(self.encode().encode())
-        return self._websocket
+    message: str
+    at_connect: bool = False
 
 
-def packet_size(pkt: Any) -> int:
-    size = getattr(pkt, "size", None)
-    if isinstance(size, int):
-        return size
-    data = getattr(pkt, "data", None)
-    return len(data) if isinstance(data, str | bytes) else 1
-
-
-class CountingQueue(asyncio.Queue[Any]):
-    """An Engine.IO client's outgoing queue that knows how many bytes it holds.
-
-    Its ``get`` returns a future rather than a coroutine: python-engineio's writer awaits
-    ``wait_for(queue.get(), timeout)`` once per wake-up, and ``wait_for`` wraps a coroutine in a
-    new Task each time (a future it takes as is), a cost paid per client per event in fan-out.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bytes = 0
-        self._waiting: deque[asyncio.Future[Any]] = deque()
-
-    def get(self) -> asyncio.Future[Any]:  # type: ignore[override]
-        waiter = asyncio.get_running_loop().create_future()
-        if self.empty():
-            self._waiting.append(waiter)
-        else:
-            waiter.set_result(self.get_nowait())
-        return waiter
-
-    def put_nowait(self, item: Any) -> None:
-        super().put_nowait(item)
-        while self._waiting and not self.empty():
-            waiter = self._waiting.popleft()
-            if not waiter.done():  # not given up on (a timed-out or cancelled poll)
-                waiter.set_result(self.get_nowait())
-
-    def _put(self, item: Any) -> None:
-        if item is not None:
-            self.bytes += packet_size(item)
-        super()._put(item)
-
-    def _get(self) -> Any:
-        item = super()._get()
-        if item is not None:
-            self.bytes -= packet_size(item)
-        return item
-
-    @property
-    def idle(self) -> bool:
-        """Its writer is waiting for packets: everything queued before has been sent (the
-        writer takes the next packets only once it has written the previous ones)."""
-        return bool(self._waiting) and not self._waiting[-1].done()
-
-    def clear(self) -> None:
-        """Drop everything queued (the client is being disconnected)."""
-        while not self.empty():
-            self.get_nowait()
-            self.task_done()
-
-
-class _WebSocket(engineio_asgi.WebSocket):  # type: ignore[misc]
-    """python-engineio's ASGI websocket, which also lists its session's connection in
-    ``EngineIOServer.websockets`` while it runs."""
-
-    def __init__(self, handler: Any, server: Any) -> None:
-        super().__init__(handler, server)
-        self._server = server
-
-    async def __call__(self, environ: dict[str, Any]) -> Any:
-        session = getattr(self.handler, "__self__", None)  # the socket this websocket serves
-        connection = environ.get("asgi.scope", {}).get(CONNECTION)
-        websockets: dict[str, WatchedConnection] = self._server.websockets
-        if session is None or not isinstance(connection, WatchedConnection):
-            return await super().__call__(environ)
-        websockets[session.sid] = connection
-        try:
-            return await super().__call__(environ)
-        finally:
-            if websockets.get(session.sid) is connection:
-                del websockets[session.sid]
-
-
-class EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
-    """python-engineio's server with two fixes (pinned to python-engineio 4.x internals), found
-    by fuzzing (tests/test_fuzz.py):
-
-    - disconnecting a long-polling client never waits for it to collect its CLOSE packet
-      (python-engineio waits for a GET that may never come, and the POST that caused the
-      disconnect is then never answered);
-    - a POST to a session its client just closed is a 400, not a 500 (python-engineio's POST
-      path lets the ``KeyError`` for a closed session escape);
-
-    and ``websockets``: the connection of each session on a websocket, by Engine.IO sid.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        drivers: dict[str, Any] = getattr(self, "_async")  # noqa: B009 (untyped in engineio)
-        self._async = {**drivers, "websocket": _WebSocket}  # a copy: it is module state
-        self.websockets: dict[str, WatchedConnection] = {}
-
-    async def disconnect(self, sid: str | None = None) -> None:
-        if sid is None:
-            await super().disconnect()
-            return
-        socket = self.sockets.get(sid)
-        if socket is not None and not socket.closed:
-            await socket.close(wait=False, abort=False, reason=self.reason.SERVER_DISCONNECT)
-        self.sockets.pop(sid, None)
-
-    async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
-        scope = args[0] if args else None
-        if isinstance(scope, dict) and scope.get("method") == "POST":
-            sid = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("sid", [""])[0]
-            socket = self.sockets.get(sid)
-            if socket is not None and socket.closed:
-                del self.sockets[sid]  # python-engineio then answers "Invalid session"
-        return await super().handle_request(*args, **kwargs)
-
-    def create_queue(self, *args: Any, **kwargs: Any) -> Any:
-        if args or kwargs:  # not a client's outgoing queue
-            return super().create_queue(*args, **kwargs)
-        return CountingQueue()
+def packet_problem(pkt: Any) -> str | None:
+    """What is wrong with a decoded Socket.IO packet from a client (``None``: nothing), as
+    socket.io-parser checks payloads."""
+    kind, data = pkt.packet_type, pkt.data
+    if kind == sio_packet.CONNECT:
+        return None if data is None or isinstance(data, dict) else "CONNECT payload not an object"
+    if kind == sio_packet.DISCONNECT:
+        return None if data is None else "DISCONNECT with a payload"
+    if kind in (sio_packet.EVENT, sio_packet.BINARY_EVENT):
+        if not isinstance(data, list) or not data:
+            return "event payload not a non-empty array"
+        name = data[0]
+        if not isinstance(name, str | int) or isinstance(name, bool):
+            return "event name not a string"
+    elif kind in (sio_packet.ACK, sio_packet.BINARY_ACK):
+        if not isinstance(data, list):
+            return "ack payload not an array"
+    else:
+        return f"unexpected packet type {kind}"
+    binary = kind in (sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK)
+    if binary and not 1 <= pkt.attachment_count <= MAX_ATTACHMENTS:
+        return f"binary packet with {pkt.attachment_count} attachments"
+    return None
 
 
 class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
@@ -191,13 +89,94 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
       ran leaves at once (python-socketio would mark the dead session connected for good);
     - ``on_connected`` runs once the CONNECT packet is queued, so what a client missed is
       replayed after it (python-socketio has no such hook);
-    - every client's outgoing queue counts its bytes (``CountingQueue``).
+    - every client's outgoing queue counts its bytes (``CountingQueue``);
+    - ``admit`` sees every Engine.IO session open (python-socketio only shows CONNECTs, so a
+      session that never connects escapes any limit), ``on_session_closed`` its end;
+    - a session that joins no namespace within ``connect_timeout`` is closed (Socket.IO's
+      ``connectTimeout``; python-socketio keeps it until the client goes);
+    - a packet that is not valid Socket.IO closes its session, with one log line
+      (python-socketio logs a traceback and keeps the connection);
+    - a CONNECT to a namespace nobody serves gets ``{"message": "Invalid namespace"}`` (the
+      official client reads ``message``; python-socketio sends a bare string).
     """
 
     on_connected: Any = None
+    admit: Callable[[str, dict[str, Any]], Refusal | None] | None = None
+    on_session_closed: Callable[[str], None] | None = None
+    on_invalid_packet: Callable[[str], None] | None = None
+
+    def __init__(self, *args: Any, connect_timeout: float = 45.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connect_timeout = connect_timeout
+        self._deadlines: dict[str, asyncio.TimerHandle] = {}
+        self._refusals: dict[str, str] = {}
+        self._closing: set[asyncio.Future[None]] = set()
 
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return EngineIOServer
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
+        await super()._handle_eio_connect(eio_sid, environ)
+        refusal = self.admit(eio_sid, environ) if self.admit is not None else None
+        if refusal is not None and not refusal.at_connect:
+            self.environ.pop(eio_sid, None)
+            return refusal.message  # python-engineio refuses the handshake (403)
+        if refusal is not None:
+            self._refusals[eio_sid] = refusal.message
+        loop = asyncio.get_running_loop()
+        self._deadlines[eio_sid] = loop.call_later(
+            self.connect_timeout, self._connect_timed_out, eio_sid
+        )
+        return None
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        deadline = self._deadlines.pop(eio_sid, None)
+        if deadline is not None:
+            deadline.cancel()
+        self._refusals.pop(eio_sid, None)
+        try:
+            await super()._handle_eio_disconnect(eio_sid, reason)
+        finally:
+            if self.on_session_closed is not None:
+                self.on_session_closed(eio_sid)
+
+    def _connect_timed_out(self, eio_sid: str) -> None:
+        self._deadlines.pop(eio_sid, None)
+        logger.info(
+            "closing Engine.IO session %s: no Socket.IO CONNECT within %g s",
+            eio_sid,
+            self.connect_timeout,
+        )
+        closing = asyncio.ensure_future(self.eio.disconnect(eio_sid))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        problem = self._invalid(eio_sid, data)
+        if problem is None:
+            await super()._handle_eio_message(eio_sid, data)
+            return
+        logger.info("closing Engine.IO session %s: invalid Socket.IO packet (%s)", eio_sid, problem)
+        if self.on_invalid_packet is not None:
+            self.on_invalid_packet(eio_sid)
+        self._binary_packet.pop(eio_sid, None)
+        await self.eio.disconnect(eio_sid)
+
+    def _invalid(self, eio_sid: str, data: Any) -> str | None:
+        if eio_sid in self._binary_packet:
+            return None if isinstance(data, bytes) else "text where an attachment was due"
+        if not isinstance(data, str):
+            return "binary data without a binary packet"
+        try:
+            pkt = self.packet_class(encoded_packet=data)
+        except Exception as exc:  # python-socketio's decoder raises whatever it meets
+            return f"undecodable: {type(exc).__name__}"
+        problem = packet_problem(pkt)
+        binary = pkt.packet_type in (sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK)
+        joined = self.manager.sid_from_eio_sid(eio_sid, pkt.namespace or NAMESPACE)
+        if problem is None and binary and not joined:
+            problem = "binary packet outside a namespace"
+        return problem
 
     async def _handle_event_internal(
         self, server: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: Any
@@ -208,24 +187,36 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
         await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
-        await super()._handle_connect(eio_sid, namespace, data)
         namespace = namespace or NAMESPACE
+        refusal = self._refusals.get(eio_sid)
+        if refusal is not None or not self._serves(namespace):
+            message = refusal if refusal is not None else "Invalid namespace"
+            await self._send_packet(
+                eio_sid,
+                self.packet_class(
+                    sio_packet.CONNECT_ERROR, data={"message": message}, namespace=namespace
+                ),
+            )
+            if refusal is not None:
+                await self.eio.disconnect(eio_sid)
+            return
+        await super()._handle_connect(eio_sid, namespace, data)
         socket = self.eio.sockets.get(eio_sid)
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         if sid is not None and (socket is None or socket.closed):
             await self._handle_disconnect(eio_sid, namespace, self.reason.TRANSPORT_CLOSE)
-        elif sid is not None and self.on_connected is not None:
-            await self.on_connected(sid)
+        elif sid is not None:
+            deadline = self._deadlines.pop(eio_sid, None)
+            if deadline is not None:
+                deadline.cancel()
+            if self.on_connected is not None:
+                await self.on_connected(sid)
 
-
-def decodable(message: Any) -> bool:
-    data = message.get("bytes")
-    if data is None:
-        data = message.get("text")
-    if data is None:
-        return False
-    try:
-        eio_packet.Packet(encoded_packet=data)
-    except Exception:
-        return False
-    return True
+    def _serves(self, namespace: str) -> bool:
+        """python-socketio's own test of a namespace it accepts CONNECTs for."""
+        return bool(
+            namespace in self.handlers
+            or namespace in self.namespace_handlers
+            or self.namespaces == "*"
+            or namespace in self.namespaces
+        )

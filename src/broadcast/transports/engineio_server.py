@@ -1,0 +1,412 @@
+"""python-engineio, adapted (pinned to python-engineio 4.x internals; each change says why).
+
+``EngineIOServer`` never hangs a request on a long-polling client's goodbye, lists the websocket
+connection of each session (for the pump's direct writes), and follows the protocol where
+python-engineio does not (the official test suite, ``tests/protocol-suite/``, and
+``docs/socketio-conformance.md``): refusals carry Engine.IO's error bodies, a client's CLOSE
+packet ends its session at once, a second websocket for a session is closed. Every client gets
+an outgoing queue that counts its bytes, and the pump sends ``Frame``s, which know their size
+and their WebSocket framing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from typing import Any
+from urllib.parse import parse_qs
+
+import engineio
+from engineio import packet as eio_packet
+from engineio.async_drivers import asgi as engineio_asgi
+
+from broadcast.transports.direct import websocket_text
+from broadcast.transports.watchdog import WatchedConnection
+
+logger = logging.getLogger(__name__)
+
+UPGRADE_SETTLES_WITHIN = 0.1
+"""Seconds a long-polling GET that comes during its session's upgrade waits for the upgrade to
+end (the reference server holds it too: its upgrade check runs every 100 ms)."""
+
+CONNECTION = "broadcast.connection"
+"""The scope key under which a websocket's ``WatchedConnection`` reaches python-engineio."""
+
+
+class Frame(eio_packet.Packet):  # type: ignore[misc]
+    """An Engine.IO MESSAGE packet that knows its size in bytes (for the client's buffer) and
+    its WebSocket frame (for direct writes: the same bytes for every client)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(eio_packet.MESSAGE, text)
+        self.size = len(text.encode())
+        self._websocket: bytes | None = None
+
+    @property
+    def websocket(self) -> bytes:
+        if self._websocket is None:
+            self._websocket = websocket_text(self.encode().encode())
+        return self._websocket
+
+
+def packet_size(pkt: Any) -> int:
+    size = getattr(pkt, "size", None)
+    if isinstance(size, int):
+        return size
+    data = getattr(pkt, "data", None)
+    return len(data) if isinstance(data, str | bytes) else 1
+
+
+class CountingQueue(asyncio.Queue[Any]):
+    """An Engine.IO client's outgoing queue that knows how many bytes it holds.
+
+    Its ``get`` returns a future rather than a coroutine: python-engineio's writer awaits
+    ``wait_for(queue.get(), timeout)`` once per wake-up, and ``wait_for`` wraps a coroutine in a
+    new Task each time (a future it takes as is), a cost paid per client per event in fan-out.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+        self._waiting: deque[asyncio.Future[Any]] = deque()
+
+    def get(self) -> asyncio.Future[Any]:  # type: ignore[override]
+        waiter = asyncio.get_running_loop().create_future()
+        if self.empty():
+            self._waiting.append(waiter)
+        else:
+            waiter.set_result(self.get_nowait())
+        return waiter
+
+    def put_nowait(self, item: Any) -> None:
+        super().put_nowait(item)
+        while self._waiting and not self.empty():
+            waiter = self._waiting.popleft()
+            if not waiter.done():  # not given up on (a timed-out or cancelled poll)
+                waiter.set_result(self.get_nowait())
+
+    def _put(self, item: Any) -> None:
+        if item is not None:
+            self.bytes += packet_size(item)
+        super()._put(item)
+
+    def _get(self) -> Any:
+        item = super()._get()
+        if item is not None:
+            self.bytes -= packet_size(item)
+        return item
+
+    @property
+    def idle(self) -> bool:
+        """Its writer is waiting for packets: everything queued before has been sent (the
+        writer takes the next packets only once it has written the previous ones)."""
+        return bool(self._waiting) and not self._waiting[-1].done()
+
+    def clear(self) -> None:
+        """Drop everything queued (the client is being disconnected)."""
+        while not self.empty():
+            self.get_nowait()
+            self.task_done()
+
+    def peek(self) -> Any:
+        """The next packet, left in the queue (``None``: empty)."""
+        return self._queue[0] if self.qsize() else None  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------- Engine.IO errors
+
+# Engine.IO's error codes (the reference server's ``Server.errors``), sent as
+# ``{"code": N, "message": "..."}`` with every refused request, HTTP or websocket.
+UNKNOWN_TRANSPORT, UNKNOWN_SID, BAD_HANDSHAKE_METHOD, BAD_REQUEST, FORBIDDEN = range(5)
+UNSUPPORTED_PROTOCOL_VERSION = 5
+
+
+def error_response(status: int, code: int, message: str) -> dict[str, Any]:
+    """A refusal as python-engineio's response dicts: JSON ``{"code", "message"}``."""
+    reason = "FORBIDDEN" if status == 403 else "BAD REQUEST"
+    return {
+        "status": f"{status} {reason}",
+        "headers": [("Content-Type", "application/json")],
+        "response": json.dumps({"code": code, "message": message}).encode(),
+    }
+
+
+def _code_of(message: str) -> int:
+    """The Engine.IO error code of one of python-engineio's bad-request messages."""
+    if message.startswith("Invalid transport"):
+        return UNKNOWN_TRANSPORT
+    if message.startswith("Invalid session"):
+        return UNKNOWN_SID
+    if "unsupported version" in message:
+        return UNSUPPORTED_PROTOCOL_VERSION
+    return BAD_REQUEST
+
+
+async def _respond(status: str, headers: list[Any], payload: Any, environ: dict[str, Any]) -> None:
+    """python-engineio's ASGI ``make_response``, except that a refused websocket gets its status
+    and body as an HTTP response (the ASGI websocket denial extension, which hypercorn has)
+    instead of a bare close, which the server turns into a 403 without a body."""
+    scope = environ["asgi.scope"]
+    extensions = scope.get("extensions") or {}
+    if scope["type"] != "websocket" or status.startswith("200 "):
+        await engineio_asgi.make_response(status, headers, payload, environ)
+    elif "websocket.http.response" not in extensions:
+        await environ["asgi.send"]({"type": "websocket.close"})
+    else:
+        send = environ["asgi.send"]
+        encoded = [(name.encode(), value.encode()) for name, value in headers]
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": int(status.split(" ")[0]),
+                "headers": encoded,
+            }
+        )
+        body = payload if isinstance(payload, bytes) else str(payload or "").encode()
+        await send({"type": "websocket.http.response.body", "body": body})
+
+
+def _refusal(scope: dict[str, Any], query: dict[str, list[str]], transports: Any) -> Any:
+    """A request python-engineio would get wrong, refused as the protocol says (``None``: let
+    python-engineio handle it): no ``transport`` (it assumes polling, even for a websocket),
+    a method other than GET, POST and OPTIONS (405, where the protocol says 400), a handshake
+    that is not a GET, a websocket that is not ``transport=websocket``."""
+    transport = query.get("transport", [None])[0]
+    has_sid = "sid" in query
+    if transport not in transports:
+        return error_response(400, UNKNOWN_TRANSPORT, "Invalid transport")
+    if scope["type"] == "websocket":
+        if transport != "websocket":
+            return error_response(400, BAD_REQUEST, "Invalid websocket upgrade")
+        return None
+    method = scope.get("method")
+    if method == "OPTIONS":
+        return None
+    if not has_sid and method != "GET":
+        return error_response(400, BAD_HANDSHAKE_METHOD, "Bad handshake method")
+    if method not in ("GET", "POST"):
+        return error_response(400, BAD_REQUEST, f"Method {method} not supported")
+    return None
+
+
+# ---------------------------------------------------------------------------- Engine.IO server
+
+
+class _WebSocket(engineio_asgi.WebSocket):  # type: ignore[misc]
+    """python-engineio's ASGI websocket, which also lists its session's connection in
+    ``EngineIOServer.websockets`` while it runs, and tells the server when its session's upgrade
+    may have moved on (after each frame it reads, and at its end)."""
+
+    def __init__(self, handler: Any, server: Any) -> None:
+        super().__init__(handler, server)
+        self._server = server
+        self._session = getattr(handler, "__self__", None)  # the socket this websocket serves
+
+    async def __call__(self, environ: dict[str, Any]) -> Any:
+        session = self._session
+        connection = environ.get("asgi.scope", {}).get(CONNECTION)
+        websockets: dict[str, WatchedConnection] = self._server.websockets
+        if session is None or not isinstance(connection, WatchedConnection):
+            return await super().__call__(environ)
+        websockets[session.sid] = connection
+        try:
+            return await super().__call__(environ)
+        finally:
+            self._upgrade_moved()
+            if websockets.get(session.sid) is connection:
+                del websockets[session.sid]
+
+    async def wait(self) -> Any:
+        try:
+            return await super().wait()
+        finally:
+            self._upgrade_moved()
+
+    def _upgrade_moved(self) -> None:
+        # Soon, not now: python-engineio updates the upgrade's state right after this returns.
+        if self._session is not None and self._session.sid in self._server.upgrade_watchers:
+            asyncio.get_running_loop().call_soon(self._server.upgrade_moved, self._session.sid)
+
+
+class EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
+    """python-engineio's server with these fixes (pinned to python-engineio 4.x internals), found
+    by fuzzing (tests/test_fuzz.py) and by the protocol's test suite (tests/protocol-suite/):
+
+    - disconnecting a long-polling client never waits for it to collect its CLOSE packet
+      (python-engineio waits for a GET that may never come, and the POST that caused the
+      disconnect is then never answered); disconnecting a websocket client closes its websocket
+      (python-engineio sends the CLOSE packet and leaves the websocket open);
+    - a POST to a session its client just closed is a 400, not a 500 (python-engineio's POST
+      path lets the ``KeyError`` for a closed session escape);
+    - a client's CLOSE packet ends its session at once: the websocket closes, a pending poll
+      gets a NOOP (python-engineio leaves both until the ping timeout);
+    - a request to a session whose ping timed out is refused, even when the periodic check has
+      not come round to it yet;
+    - a second websocket for a session that has one is closed at once (python-engineio accepts
+      it and leaves it waiting forever for a probe);
+    - a long-polling GET that comes during its session's upgrade waits for the upgrade to end
+      (``_upgrade_settled``), so that one sent after it completed is refused as such;
+    - refusals carry Engine.IO's error bodies, ``{"code", "message"}``, over HTTP and websocket
+      alike; no transport, and methods other than GET, POST and OPTIONS, are 400;
+    - the handshake states a ping interval under a second exactly (python-engineio truncates
+      it to whole seconds);
+    - a refused request is logged at info (python-engineio logs the client's fault as an error);
+
+    and ``websockets``: the connection of each session on a websocket, by Engine.IO sid.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        drivers: dict[str, Any] = getattr(self, "_async")  # noqa: B009 (untyped in engineio)
+        # A copy: it is module state.
+        self._async = {**drivers, "websocket": _WebSocket, "make_response": _respond}
+        self.websockets: dict[str, WatchedConnection] = {}
+        self._websocket_sids: set[str] = set()
+        """Sessions with a websocket being opened or open (upgrades)."""
+        self.upgrade_watchers: dict[str, asyncio.Event] = {}
+        """Sessions whose upgrade a request waits on: set when the upgrade may have moved on."""
+
+    async def disconnect(self, sid: str | None = None) -> None:
+        if sid is None:
+            await super().disconnect()
+            return
+        socket = self.sockets.get(sid)
+        if socket is not None and not socket.closed:
+            await socket.close(wait=False, abort=False, reason=self.reason.SERVER_DISCONNECT)
+            if socket.upgraded:  # a websocket: end its writer (and the websocket) after CLOSE
+                socket.queue.put_nowait(None)
+        self.sockets.pop(sid, None)
+
+    async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
+        scope, receive, send = args[:3] if len(args) >= 3 else (None, None, None)
+        if not isinstance(scope, dict):
+            return await super().handle_request(*args, **kwargs)
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        sid = query.get("sid", [""])[0]
+        refusal = _refusal(scope, query, self.transports)
+        if refusal is None and scope["type"] == "websocket" and sid and self._has_websocket(sid):
+            # As the reference server: accepted, then closed at once (the protocol's test suite
+            # waits for a close, not a refused handshake).
+            await receive()
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close", "code": 1008})
+            return None
+        if refusal is not None:
+            if scope["type"] == "websocket":
+                await receive()  # websocket.connect: ASGI wants it taken before an answer
+            headers = [*refusal["headers"], *self._cors_headers(_cors_environ(scope))]
+            environ = {"asgi.scope": scope, "asgi.send": send}
+            await _respond(refusal["status"], headers, refusal["response"], environ)
+            return None
+        socket = self.sockets.get(sid)
+        if socket is not None and socket.upgrading and scope.get("method") == "GET":
+            await self._upgrade_settled(sid, socket)
+        if socket is not None and not socket.closed and not await socket.check_ping_timeout():
+            del self.sockets[sid]  # its ping timed out: python-engineio answers "Invalid session"
+        elif socket is not None and socket.closed and scope.get("method") == "POST":
+            del self.sockets[sid]  # python-engineio then answers "Invalid session"
+        if scope["type"] != "websocket" or not sid:
+            return await super().handle_request(*args, **kwargs)
+        self._websocket_sids.add(sid)
+        try:
+            return await super().handle_request(*args, **kwargs)
+        finally:
+            self._websocket_sids.discard(sid)
+
+    async def _upgrade_settled(self, sid: str, socket: Any) -> None:
+        """Wait, briefly, for a session's upgrade to end.
+
+        A client sends its last polling requests before it completes an upgrade, but they may
+        arrive after frames of its websocket: answered at once, a GET would get a NOOP as if the
+        session still polled; a moment later, a 400 as a session upgraded. A poll a client waits
+        for before it completes its upgrade costs it ``UPGRADE_SETTLES_WITHIN`` at most."""
+        moved = self.upgrade_watchers.setdefault(sid, asyncio.Event())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + UPGRADE_SETTLES_WITHIN
+        try:
+            while socket.upgrading and (left := deadline - loop.time()) > 0:
+                moved.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(moved.wait(), left)
+        finally:
+            self.upgrade_watchers.pop(sid, None)
+
+    def upgrade_moved(self, sid: str) -> None:
+        watcher = self.upgrade_watchers.get(sid)
+        if watcher is not None:
+            watcher.set()
+
+    def _has_websocket(self, sid: str) -> bool:
+        """Whether a session already has a websocket, open or being upgraded to."""
+        socket = self.sockets.get(sid)
+        upgrading = socket is not None and (socket.upgrading or socket.upgraded)
+        return sid in self._websocket_sids or upgrading
+
+    async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        if event == "connect":  # the session is open, its OPEN packet queued and not yet sent
+            self._state_ping_interval(args[0])
+        result = await super()._trigger_event(event, *args, **kwargs)
+        if event == "disconnect" and args[1:2] == (self.reason.CLIENT_DISCONNECT,):
+            self._end_session(args[0])  # the client's own CLOSE packet
+        return result
+
+    def _state_ping_interval(self, sid: str) -> None:
+        socket = self.sockets.get(sid)
+        opening: Any = socket.queue.peek() if socket is not None else None
+        data = getattr(opening, "data", None)
+        if getattr(opening, "packet_type", None) == eio_packet.OPEN and isinstance(data, dict):
+            interval = self.ping_interval + self.ping_interval_grace_period
+            data["pingInterval"] = round(interval * 1000)
+
+    def _end_session(self, sid: str) -> None:
+        socket = self.sockets.get(sid)
+        if socket is None:
+            return
+        if not socket.upgraded:  # the poll waiting now is answered, as the protocol says
+            socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+        socket.queue.put_nowait(None)  # and nothing more: a websocket's writer closes it
+
+    def _log_error_once(self, message: str, message_key: str) -> None:
+        # A refused request is the client's fault, not the server's error.
+        logger.info("refused an Engine.IO request: %s", message)
+
+    def _bad_request(self, message: str | None = None) -> dict[str, Any]:
+        message = message or "Bad request"
+        return error_response(400, _code_of(message), message)
+
+    def _method_not_found(self) -> dict[str, Any]:
+        return error_response(400, BAD_REQUEST, "Method not supported")
+
+    def _unauthorized(self, message: Any = None) -> dict[str, Any]:
+        return error_response(403, FORBIDDEN, str(message or "Forbidden"))
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs:  # not a client's outgoing queue
+            return super().create_queue(*args, **kwargs)
+        return CountingQueue()
+
+
+def _cors_environ(scope: dict[str, Any]) -> dict[str, Any]:
+    """What python-engineio's CORS headers need of a request's WSGI-style environ."""
+    environ: dict[str, Any] = {"wsgi.url_scheme": scope.get("scheme", "http")}
+    for name, value in scope.get("headers", []):
+        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        environ[key] = value.decode("latin-1")
+    environ["REQUEST_METHOD"] = scope.get("method", "GET")
+    return environ
+
+
+def decodable(message: Any) -> bool:
+    data = message.get("bytes")
+    if data is None:
+        data = message.get("text")
+    if data is None:
+        return False
+    try:
+        eio_packet.Packet(encoded_packet=data)
+    except Exception:
+        return False
+    return True
