@@ -40,7 +40,7 @@ from broadcast.events import CHAT_MESSAGE, ERROR, Event
 from broadcast.identity import Identity
 from broadcast.limits import AddressLimit
 from broadcast.presence import Presence
-from broadcast.replay import missed_since
+from broadcast.replay import Missed, missed_since
 from broadcast.settings import Settings
 from broadcast.transports.direct import PUMP_BACKLOG, SLICE, Passes, socket_of
 from broadcast.transports.socketio_server import (
@@ -69,7 +69,7 @@ class _Client:
     """The id this client asked to resume from (``""``: ids only, nothing to replay)."""
     pending: list[Event] | None = None
     """Live events held back while what it missed is replayed (``None``: not replaying)."""
-    replayed_up_to: int | None = None
+    replayed_up_to: Missed | None = None
     """After a replay: live events up to this id were replayed from the history (which can
     be ahead of the live stream), so the pump skips them; cleared past it."""
     position: int = 0
@@ -83,7 +83,7 @@ class _Client:
         frames = []
         for event, frame in events:
             if event.id is not None and skip_to is not None:
-                if int(event.id) <= skip_to:
+                if skip_to.is_replayed(event):
                     continue
                 skip_to = self.replayed_up_to = None
             frames.append(frame)
@@ -242,7 +242,7 @@ class SocketIOTransport:
                 await self._deliver(eio_sid, Frame(missed.gap.socketio_text))
             for event in missed.events:
                 await self._deliver(eio_sid, Frame(event.socketio_text_with_id))
-            client.replayed_up_to = missed.last_id
+            client.replayed_up_to = missed
             while client.pending:
                 held, client.pending = client.pending, []
                 for frame in client.fresh([(e, Frame(e.socketio_text_with_id)) for e in held]):
