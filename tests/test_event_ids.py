@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from broadcast.events import EPOCH_LENGTH, EventId, new_epoch, parse_event_id
+from broadcast.events import EPOCH_LENGTH, Event, EventId, new_epoch, parse_event_id
+from broadcast.replay import Missed
 
 
 def test_an_id_is_its_epoch_and_offset() -> None:
@@ -69,3 +70,14 @@ def test_epochs_are_fresh_and_well_formed() -> None:
 )
 def test_anything_else_is_no_id(text: str) -> None:
     assert parse_event_id(text) is None
+
+
+def test_live_events_count_as_replayed_only_within_the_replayed_epoch() -> None:
+    missed = Missed(None, [], EventId("aaaa", 5))
+    assert missed.is_replayed(Event("x", 1, "aaaa:5"))
+    assert missed.is_replayed(Event("x", 1, "aaaa:1"))
+    assert not missed.is_replayed(Event("x", 1, "aaaa:6"))
+    assert not missed.is_replayed(Event("x", 1, "bbbb:1")), "a new epoch began meanwhile"
+    assert not missed.is_replayed(Event("x", 1, "9" * 5000))
+    assert not missed.is_replayed(Event("x", 1))
+    assert not Missed(None, [], None).is_replayed(Event("x", 1, "aaaa:1"))

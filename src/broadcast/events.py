@@ -8,8 +8,9 @@ An event id is ``<epoch>:<offset>`` (``EventId``), opaque to clients: they only 
 
 from __future__ import annotations
 
+import base64
+import os
 import re
-import secrets
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, NamedTuple
@@ -73,9 +74,8 @@ class Event:
 # ---------------------------------------------------------------------------- event ids
 
 EPOCH_LENGTH = 8
-"""Characters of an epoch: 8 of ``[0-9a-z]``, about 41 bits, so two incarnations of a stream
-practically never share one."""
-_EPOCH_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+"""Characters of an epoch: 8 of ``[a-z2-7]`` (base32 of 40 random bits), so two incarnations of a
+stream practically never share one."""
 MAX_EVENT_ID_LENGTH = 64
 """Longer text is not an id of ours, and is refused before any parsing."""
 
@@ -99,8 +99,8 @@ class EventId(NamedTuple):
 
 
 def new_epoch() -> str:
-    """A fresh random epoch."""
-    return "".join(secrets.choice(_EPOCH_ALPHABET) for _ in range(EPOCH_LENGTH))
+    """A fresh random epoch (the Redis backend proposes one with every publish: cheap)."""
+    return base64.b32encode(os.urandom(5)).decode().lower()
 
 
 def parse_event_id(text: str) -> EventId | None:
