@@ -47,7 +47,9 @@ logger = logging.getLogger(__name__)
 PREFIX = "broadcast:"
 EVENT_CHANNEL_PREFIX = PREFIX + "events:"
 STREAM_PREFIX = PREFIX + "stream:"
-HISTORY_PREFIX = PREFIX + "history:"
+HISTORY_PREFIX = PREFIX + "replay:"
+"""(Not ``history:``, where nodes of a version with bare counter ids keep theirs: during a rolling
+upgrade the two never write to one stream, whose entry ids would then go backwards.)"""
 NODES_KEY = PREFIX + "presence:nodes"
 NODE_KEY_PREFIX = PREFIX + "presence:node:"
 PRESENCE_CHANNEL = PREFIX + "presence:changed"
