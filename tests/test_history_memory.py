@@ -55,6 +55,8 @@ async def test_history_memory_stays_within_its_byte_bound(start_server: StartSer
             "BROADCAST_PUBLISH_TOKEN": TOKEN,
             "BROADCAST_PUBLISH_RATE_PER_SECOND": "100000",
             "BROADCAST_HISTORY_BYTES": str(BOUND),
+            # Room to replay the whole history to one client (half the buffer: replay.py).
+            "BROADCAST_CLIENT_BUFFER_BYTES": str(3 * BOUND),
         },
         command=[HYPERCORN, "--workers", "0"],
     )

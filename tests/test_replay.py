@@ -302,3 +302,34 @@ async def test_a_malformed_socketio_id_gets_a_gap(start_server: StartServer) -> 
     with pytest.raises(ConnectRefused, match="lastEventId is not an event id"):
         await connect_sio(server.url, auth={"lastEventId": "9" * 4301})
     assert "Traceback" not in server.log()
+
+
+async def test_a_replay_sends_at_most_half_the_client_buffer(start_server: StartServer) -> None:
+    # Sent at once, more would put a client over its buffer (disconnected as too slow, to come
+    # back for the same again): the newest events that fit, after a gap.
+    buffer = 64 * 1024
+    server = start_server(
+        {"BROADCAST_PUBLISH_TOKEN": TOKEN, "BROADCAST_CLIENT_BUFFER_BYTES": str(buffer)}
+    )
+    ids = [await publish(server, {"n": i, "pad": "x" * 8000}) for i in range(20)]
+    async with sse_session() as open_sse:
+        sse = await open_sse(server.url, headers={"Last-Event-ID": ids[0]})
+        sio = await connect_sio(server.url, auth={"lastEventId": ids[0]})
+        await until(lambda: bool(sse_gaps(sse) and sio_gaps(sio)), 5, "both gap notices")
+        await publish(server, {"n": 20, "pad": ""})
+        await until(
+            lambda: (
+                any(data["n"] == 20 for data, _ in ticks(sse))
+                and any(data["n"] == 20 for data in sio_ticks(sio))
+            ),
+            5,
+            "the live event",
+        )
+    replayed = [data["n"] for data, _ in ticks(sse)][:-1]
+    assert [data["n"] for data in sio_ticks(sio)][:-1] == replayed
+    assert replayed == list(range(20 - len(replayed), 20)), "the newest, in order"
+    assert buffer // 4 < len(replayed) * 8000 <= buffer // 2, replayed
+    first = ids[20 - len(replayed)]
+    assert sse_gaps(sse) == [{"lastEventId": ids[0], "oldestEventId": first}]
+    assert sio_gaps(sio) == [{"lastEventId": ids[0], "oldestEventId": first}]
+    assert "too slow" not in server.log()

@@ -7,7 +7,9 @@ not a position of the stream now (from another epoch: before a restart of an in-
 before Redis lost its data; an offset not given yet; anything malformed) gets the ``gap`` notice
 and no events: offsets of two epochs say nothing about each other. The transports subscribe
 before asking, so live events that arrive meanwhile wait in their queue; ``Missed.is_replayed``
-tells them which of those were already replayed: the one place live ids are compared.
+tells them which of those were already replayed: the one place live ids are compared. One
+replay sends at most half the client's buffer (``replay_budget``): the newest events, after a
+``gap``.
 """
 
 from __future__ import annotations
@@ -43,19 +45,41 @@ class Missed:
         )
 
 
-async def missed_since(broker: Broker, resume_from: str) -> Missed:
+def replay_budget(client_buffer_bytes: int) -> int:
+    """The bytes of events one replay may send: half a client's buffer, so that live events have
+    room while it drains (a client over its buffer is disconnected as too slow)."""
+    return client_buffer_bytes // 2
+
+
+def _size(event: Event) -> int:
+    """About the bytes ``event`` takes on either wire (its JSON, name, id and framing)."""
+    return len(event.json_data) + len(event.name) + len(event.id or "") + 32
+
+
+async def missed_since(broker: Broker, resume_from: str, max_bytes: int) -> Missed:
+    """What a client resuming from ``resume_from`` missed: at most ``max_bytes`` of events (the
+    newest; a ``gap`` for the ones before them)."""
     after = parse_event_id(resume_from)
     try:
         history = await broker.history(after)
     except BrokerUnavailable as exc:
         logger.info("cannot replay to a reconnecting client: %s", exc)
         history = History([], False, None)
+    events, complete, oldest = history.events, history.complete, history.oldest_id
+    total = 0
+    for index in range(len(events) - 1, -1, -1):
+        total += _size(events[index])
+        if total > max_bytes:
+            # More than the client could hold at once: it would be disconnected as too slow
+            # before it read them, and come back for the same again.
+            events, complete = events[index + 1 :], False
+            oldest = events[0].id if events else oldest
+            break
     gap = None
-    if not history.complete:
+    if not complete:
         # A malformed id is not echoed back (it may be 10,000 characters of anything).
         last = resume_from if after is not None else None
-        gap = Event(GAP, {"lastEventId": last, "oldestEventId": history.oldest_id})
-    events = history.events
+        gap = Event(GAP, {"lastEventId": last, "oldestEventId": oldest})
     broker.metrics.replayed.inc(len(events))
     if events:
         replayed_to = parse_event_id(events[-1].id or "")

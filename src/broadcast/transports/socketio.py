@@ -40,7 +40,7 @@ from broadcast.events import CHAT_MESSAGE, ERROR, Event
 from broadcast.identity import Identity
 from broadcast.limits import AddressLimit
 from broadcast.presence import Presence
-from broadcast.replay import Missed, missed_since
+from broadcast.replay import Missed, missed_since, replay_budget
 from broadcast.settings import Settings
 from broadcast.transports.direct import PUMP_BACKLOG, SLICE, Passes, socket_of
 from broadcast.transports.socketio_server import (
@@ -237,7 +237,8 @@ class SocketIOTransport:
             return
         eio_sid = self._eio_sid(sid)
         try:
-            missed = await missed_since(self._broker, client.resume_from)
+            budget = replay_budget(self._buffer_bytes)
+            missed = await missed_since(self._broker, client.resume_from, budget)
             if missed.gap is not None:
                 await self._deliver(eio_sid, Frame(missed.gap.socketio_text))
             for event in missed.events:
