@@ -7,10 +7,12 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import orjson
 import pytest
 
 from broadcast.broker import Backend, PresenceBackend, create_backends
-from broadcast.events import Event
+from broadcast.broker.redis import RedisBackend
+from broadcast.events import Event, EventId, parse_event_id
 from broadcast.settings import Settings
 from tests.support import RedisServer, until
 
@@ -49,6 +51,9 @@ async def make_node(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[]
         if request.node.get_closest_marker("history_size")
         else 1000,
         history_seconds=1.0,
+        history_bytes=request.node.get_closest_marker("history_bytes").args[0]
+        if request.node.get_closest_marker("history_bytes")
+        else 16 * 1024 * 1024,
     )
     nodes: list[Node] = []
 
@@ -79,7 +84,10 @@ async def test_a_published_event_is_delivered_once_with_its_id(
         ("global", "news", {"n": 1}, first),
         ("global", "news", {"n": 2}, second),
     ]
-    assert int(second) > int(first), "ids order the events"
+    one, two = parse_event_id(first), parse_event_id(second)
+    assert one is not None, "ids are <epoch>:<offset>"
+    assert two is not None, "ids are <epoch>:<offset>"
+    assert two == (one.epoch, one.offset + 1), "offsets order the events of one epoch"
 
 
 async def test_channels_are_kept_apart(make_node: Callable[[], object]) -> None:
@@ -132,17 +140,97 @@ async def test_nodes_see_each_others_counts_and_a_silent_node_expires(
     await until(lambda: one.remote_total == 0, 3, "node two's share to expire")
 
 
+def data(event: Event) -> object:
+    """The event's data as JSON would give it (a backend may hand history out pre-encoded)."""
+    return orjson.loads(event.json_data)
+
+
+async def publish(node: Node, data: object, channel: str = "global") -> EventId:
+    position = parse_event_id(await node.backend.publish(channel, Event("n", data)))
+    assert position is not None
+    return position
+
+
 async def test_history_replays_what_came_after_an_id(make_node: Callable[[], object]) -> None:
     node: Node = await make_node()  # type: ignore[misc]
-    ids = [int(await node.backend.publish("global", Event("n", i))) for i in range(5)]
+    ids = [await publish(node, i) for i in range(5)]
     history = await node.backend.history("global", ids[1])
-    assert [e.data for e in history.events] == [2, 3, 4]
-    assert [int(e.id or 0) for e in history.events] == ids[2:]
+    assert [data(e) for e in history.events] == [2, 3, 4]
+    assert [e.id for e in history.events] == [str(i) for i in ids[2:]]
     assert history.complete
-    assert history.last_id == ids[-1]
+    assert history.oldest_id == str(ids[0])
     assert (await node.backend.history("global", ids[-1])).events == []
     assert (await node.backend.history("global", ids[-1])).complete
-    assert (await node.backend.history("other", 0)).events == []
+    other = await node.backend.history("other", ids[0])
+    assert (other.events, other.complete) == ([], False), "another channel, another stream"
+
+
+async def test_a_position_not_of_this_stream_replays_nothing(
+    make_node: Callable[[], object],
+) -> None:
+    node: Node = await make_node()  # type: ignore[misc]
+    ids = [await publish(node, i) for i in range(5)]
+    another_epoch = "zzzzzzzz" if ids[0].epoch != "zzzzzzzz" else "yyyyyyyy"
+    for position in (
+        EventId(another_epoch, 1),  # before a restart, or before Redis lost its data
+        EventId(ids[0].epoch, ids[-1].offset + 1),  # not given yet
+        None,  # not an id at all
+    ):
+        history = await node.backend.history("global", position)
+        assert (history.events, history.complete) == ([], False), position
+        assert history.oldest_id == str(ids[0]), "the gap notice says what is held"
+
+
+@pytest.mark.parametrize("make_node", ["redis"], indirect=True)
+async def test_redis_losing_its_data_starts_a_new_epoch(
+    make_node: Callable[[], object], request: pytest.FixtureRequest
+) -> None:
+    node: Node = await make_node()  # type: ignore[misc]
+    old = [await publish(node, i) for i in range(3)]
+    redis: RedisServer = request.getfixturevalue("redis")
+    redis.flush()  # as a failover to an empty replica would
+    new = [await publish(node, i) for i in range(3, 8)]
+    assert new[0].epoch != old[0].epoch
+    assert [p.offset for p in new] == [1, 2, 3, 4, 5], "offsets count the new epoch afresh"
+    history = await node.backend.history("global", old[-1])
+    assert (history.events, history.complete) == ([], False), "never the new epoch's events"
+    assert history.oldest_id == str(new[0])
+    assert [data(e) for e in (await node.backend.history("global", new[1])).events] == [5, 6, 7]
+
+
+async def test_a_new_backend_is_a_new_epoch(make_node: Callable[[], object]) -> None:
+    one: Node = await make_node()  # type: ignore[misc]
+    first = await publish(one, 0)
+    two: Node = await make_node()  # type: ignore[misc]
+    second = await publish(two, 1)
+    # In-process: a restart loses the stream. Redis: the nodes share one.
+    same = isinstance(one.backend, RedisBackend)
+    assert (second.epoch == first.epoch) == same
+    history = await two.backend.history("global", first)
+    assert [data(e) for e in history.events] == ([1] if same else [])
+    assert history.complete == same
+
+
+@pytest.mark.history_bytes(10_000)
+async def test_history_is_bounded_by_bytes(make_node: Callable[[], object]) -> None:
+    node: Node = await make_node()  # type: ignore[misc]
+    ids = [await publish(node, {"n": i, "pad": "x" * 2_000}) for i in range(20)]
+    history = await node.backend.history("global", ids[0])
+    assert not history.complete, "the oldest events went to keep within the bound"
+    held = [data(e)["n"] for e in history.events]  # type: ignore[index]
+    assert 2 <= len(held) <= 5, held
+    assert held == list(range(20 - len(held), 20)), "the newest are kept, in order"
+    assert history.oldest_id == history.events[0].id
+    assert (await node.backend.history("global", ids[-len(held) - 1])).complete
+
+    # One event over the bound alone is not kept at all (the bound holds), and says so.
+    big = await publish(node, "x" * 20_000)
+    after = await node.backend.history("global", ids[-1])
+    assert (after.events, after.complete, after.oldest_id) == ([], False, None)
+    assert (await node.backend.history("global", big)).complete
+    # and the history takes events again after it
+    await publish(node, "small")
+    assert [data(e) for e in (await node.backend.history("global", big)).events] == ["small"]
 
 
 @pytest.mark.history_size(3)
@@ -150,11 +238,10 @@ async def test_history_is_bounded_and_says_when_events_are_missing(
     make_node: Callable[[], object],
 ) -> None:
     node: Node = await make_node()  # type: ignore[misc]
-    ids = [int(await node.backend.publish("global", Event("n", i))) for i in range(20)]
+    ids = [await publish(node, i) for i in range(20)]
     history = await node.backend.history("global", ids[0])
     assert not history.complete, "events after the id are no longer held"
-    assert [e.data for e in history.events][-3:] == [17, 18, 19]
-    assert len(history.events) < 19
+    assert [data(e) for e in history.events] == [17, 18, 19]
 
     # Events older than the age limit (1 s here) are not replayed either.
     async def aged() -> bool:

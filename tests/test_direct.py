@@ -32,7 +32,7 @@ def server(start_server: StartServer) -> Server:
     return start_server({"BROADCAST_PUBLISH_TOKEN": TOKEN})
 
 
-def publish(server: Server, event: str, data: object) -> None:
+def publish(server: Server, event: str, data: object) -> str:
     response = httpx.post(
         f"{server.url}/publish",
         json={"event": event, "data": data},
@@ -40,6 +40,8 @@ def publish(server: Server, event: str, data: object) -> None:
         timeout=10,
     )
     assert response.status_code == 202, response.text
+    event_id: str = response.json()["id"]
+    return event_id
 
 
 def masked(opcode: int, payload: bytes) -> bytes:
@@ -139,31 +141,31 @@ def test_fan_out_frames_go_straight_to_the_socket_and_compressed_ones_still_infl
             ]
 
 
-def sse_over(server: Server, version: str) -> tuple[bytes, bytes]:
+def sse_over(server: Server, version: str) -> tuple[bytes, bytes, bytes]:
     """The head and the body so far of an SSE stream requested over HTTP/``version``, once an
-    event published after it opened has arrived."""
+    event published after it opened has arrived, and that event's id."""
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(f"GET /events HTTP/{version}\r\nHost: {host}\r\n\r\n".encode())
         received = b""
         while b"retry: " not in received:  # the stream is open (subscribed before this)
             received += sock.recv(65536)
-        publish(server, "news", {"over": version})
+        event_id = publish(server, "news", {"over": version}).encode()
         while b'{"over":"' + version.encode() not in received:
             chunk = sock.recv(65536)
             assert chunk, "the stream ended"
             received += chunk
     head, _, body = received.partition(b"\r\n\r\n")
-    return head, body
+    return head, body, event_id
 
 
 def test_an_http_1_1_sse_stream_is_chunked_and_an_http_1_0_one_is_not(server: Server) -> None:
-    head, body = sse_over(server, "1.1")
+    head, body, event_id = sse_over(server, "1.1")
     assert b"transfer-encoding: chunked" in head.lower()
-    event = b'id: 1\nevent: news\ndata: {"over":"1.1"}\n\n'
+    event = b'id: %b\nevent: news\ndata: {"over":"1.1"}\n\n' % event_id
     assert b"%x\r\n%b\r\n" % (len(event), event) in body, body
 
-    head, body = sse_over(server, "1.0")
+    head, body, event_id = sse_over(server, "1.0")
     assert b"transfer-encoding" not in head.lower()
-    assert b'\n\nid: 2\nevent: news\ndata: {"over":"1.0"}\n\n' in body, body
+    assert b'\n\nid: %b\nevent: news\ndata: {"over":"1.0"}\n\n' % event_id in body, body
     assert b"\r\n" not in body, "an HTTP/1.0 body must not be chunked"

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from broadcast.events import parse_event_id
 from tests.conftest import StartServer
 from tests.support import (
     ConnectRefused,
@@ -36,6 +37,12 @@ async def publish(server: Server, data: Any) -> str:
     assert response.status_code == 202
     event_id: str = response.json()["id"]
     return event_id
+
+
+def offset(event_id: str) -> int:
+    position = parse_event_id(event_id)
+    assert position is not None, event_id
+    return position.offset
 
 
 def ticks(client: SseClient) -> list[tuple[Any, str | None]]:
@@ -151,7 +158,7 @@ async def test_a_socketio_client_resuming_under_live_traffic_misses_nothing(
         await publishing
     await until(lambda: len(sio_ticks(again)) >= 100, 10, "every event")
     assert sio_ticks(again) == list(range(1, 101))
-    assert again.ids == sorted(again.ids, key=int)
+    assert again.ids == sorted(again.ids, key=offset)
     assert len(set(again.ids)) == 100
 
 
@@ -184,3 +191,145 @@ async def test_a_bad_last_event_id_is_refused_clearly(start_server: StartServer)
     with pytest.raises(ConnectRefused, match="lastEventId must be a string"):
         await connect_sio(server.url, auth={"lastEventId": {"no": 1}})
     assert server.user_count() == 0
+
+
+# ---------------------------------------------------------------------------- epochs (issue 11.3)
+
+
+def sse_gaps(client: SseClient) -> list[Any]:
+    return [json.loads(e.data) for e in client.events if e.event == "gap"]
+
+
+def sio_gaps(client: SioClient) -> list[Any]:
+    return [data for name, data in client.events if name == "gap"]
+
+
+async def assert_resuming_gets_a_gap_and_nothing_else(
+    server: Server, old_id: str, oldest_id: str
+) -> None:
+    """Over both transports, a client resuming from ``old_id`` (not a position of the stream
+    now) gets ``gap`` first and none of the events held, then the live ones."""
+    async with sse_session() as open_sse:
+        by_header = await open_sse(server.url, headers={"Last-Event-ID": old_id})
+        by_query = await open_sse(server.url, lastEventId=old_id)
+        sio = await connect_sio(server.url, auth={"lastEventId": old_id})
+        clients = (by_header, by_query)
+        await until(lambda: all(sse_gaps(c) for c in clients) and bool(sio_gaps(sio)), 5, "gaps")
+        live = await publish(server, "live")
+        await until(lambda: all(ticks(c) for c in clients) and bool(sio_ticks(sio)), 5, "live")
+        for client in clients:
+            assert sse_gaps(client) == [{"lastEventId": old_id, "oldestEventId": oldest_id}]
+            assert ticks(client) == [("live", live)], "none of the new epoch's held events"
+        assert sio_gaps(sio) == [{"lastEventId": old_id, "oldestEventId": oldest_id}]
+        assert sio_ticks(sio) == ["live"]
+        assert sio.ids == [live]
+
+
+async def test_a_restarted_server_never_replays_its_new_events_as_missed(
+    start_server: StartServer,
+) -> None:
+    settings = {"BROADCAST_PUBLISH_TOKEN": TOKEN}
+    before = start_server(settings)
+    old = [await publish(before, i) for i in range(3)]
+    before.stop()
+    after = start_server(settings)
+    new = [await publish(after, i) for i in range(3, 10)]  # past the old id's offset
+    assert offset(new[-1]) > offset(old[-1])
+    await assert_resuming_gets_a_gap_and_nothing_else(after, old[-1], new[0])
+
+
+async def test_redis_losing_its_data_never_replays_the_new_events_as_missed(
+    start_server: StartServer, own_redis: RedisServer
+) -> None:
+    server = start_server({"BROADCAST_PUBLISH_TOKEN": TOKEN, "BROADCAST_BROKER_URL": own_redis.url})
+    old = [await publish(server, i) for i in range(3)]
+    own_redis.flush()  # as a failover to an empty replica would
+    new = [await publish(server, i) for i in range(3, 10)]
+    assert offset(new[-1]) > offset(old[-1])
+    await assert_resuming_gets_a_gap_and_nothing_else(server, old[-1], new[0])
+
+
+MALFORMED_IDS = [
+    "9" * 4301,  # int() refuses it: the stream used to crash after its 200
+    "1" * 10_000,
+    "-1",
+    "+1",
+    "1_0",
+    "\u0661",  # Arabic-Indic digit one: str.isdigit() and int() took it for 1
+    "\u0662\u0663",
+    " 2",
+    "2",  # a bare counter, as before epochs
+    "",
+]
+
+
+async def test_a_malformed_sse_id_gets_a_gap_and_the_stream_goes_on(
+    start_server: StartServer,
+) -> None:
+    server = start_server({"BROADCAST_PUBLISH_TOKEN": TOKEN})
+    ids = [await publish(server, i) for i in range(5)]
+    async with sse_session() as open_sse:
+        clients = [await open_sse(server.url, lastEventId=text) for text in MALFORMED_IDS]
+        clients += [
+            await open_sse(server.url, headers={"Last-Event-ID": text})
+            for text in ("9" * 4301, "k3x9q2ab:" + "9" * 5000, ids[0] + "0" * 30)
+        ]
+        await until(lambda: all(sse_gaps(c) for c in clients), 5, "every gap notice")
+        live = await publish(server, "live")
+        await until(lambda: all(ticks(c) for c in clients), 5, "the live event on every stream")
+        for client in clients:
+            assert sse_gaps(client) == [{"lastEventId": None, "oldestEventId": ids[0]}]
+            assert ticks(client) == [("live", live)], "no replay from a malformed id"
+            assert not client.closed
+    assert "Traceback" not in server.log()
+    assert "ValueError" not in server.log()
+
+
+async def test_a_malformed_socketio_id_gets_a_gap(start_server: StartServer) -> None:
+    server = start_server({"BROADCAST_PUBLISH_TOKEN": TOKEN})
+    ids = [await publish(server, i) for i in range(5)]
+    clients = [
+        await connect_sio(server.url, auth={"lastEventId": text})
+        for text in ("-1", "1_0", "\u0661", "\u0662\u0663", " 2", "2", 2, ids[0] + "0" * 30)
+    ]
+    await until(lambda: all(sio_gaps(c) for c in clients), 5, "every gap notice")
+    await publish(server, "live")
+    await until(lambda: all(sio_ticks(c) for c in clients), 5, "the live event everywhere")
+    for client in clients:
+        assert sio_gaps(client) == [{"lastEventId": None, "oldestEventId": ids[0]}]
+        assert sio_ticks(client) == ["live"]
+    # Over 64 characters is refused at connect, as before.
+    with pytest.raises(ConnectRefused, match="lastEventId is not an event id"):
+        await connect_sio(server.url, auth={"lastEventId": "9" * 4301})
+    assert "Traceback" not in server.log()
+
+
+async def test_a_replay_sends_at_most_half_the_client_buffer(start_server: StartServer) -> None:
+    # Sent at once, more would put a client over its buffer (disconnected as too slow, to come
+    # back for the same again): the newest events that fit, after a gap.
+    buffer = 64 * 1024
+    server = start_server(
+        {"BROADCAST_PUBLISH_TOKEN": TOKEN, "BROADCAST_CLIENT_BUFFER_BYTES": str(buffer)}
+    )
+    ids = [await publish(server, {"n": i, "pad": "x" * 8000}) for i in range(20)]
+    async with sse_session() as open_sse:
+        sse = await open_sse(server.url, headers={"Last-Event-ID": ids[0]})
+        sio = await connect_sio(server.url, auth={"lastEventId": ids[0]})
+        await until(lambda: bool(sse_gaps(sse) and sio_gaps(sio)), 5, "both gap notices")
+        await publish(server, {"n": 20, "pad": ""})
+        await until(
+            lambda: (
+                any(data["n"] == 20 for data, _ in ticks(sse))
+                and any(data["n"] == 20 for data in sio_ticks(sio))
+            ),
+            5,
+            "the live event",
+        )
+    replayed = [data["n"] for data, _ in ticks(sse)][:-1]
+    assert [data["n"] for data in sio_ticks(sio)][:-1] == replayed
+    assert replayed == list(range(20 - len(replayed), 20)), "the newest, in order"
+    assert buffer // 4 < len(replayed) * 8000 <= buffer // 2, replayed
+    first = ids[20 - len(replayed)]
+    assert sse_gaps(sse) == [{"lastEventId": ids[0], "oldestEventId": first}]
+    assert sio_gaps(sio) == [{"lastEventId": ids[0], "oldestEventId": first}]
+    assert "too slow" not in server.log()

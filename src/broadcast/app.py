@@ -88,9 +88,17 @@ class BroadcastApp(Litestar):
     wraps it, and the fan-out finds the client's socket from the server's (``direct.py``)."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "lifespan":
-            scope[SERVER_SEND] = send
-        await super().__call__(scope, receive, send)
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+        scope[SERVER_SEND] = send
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # ``send`` is bound to hypercorn's stream, which holds this scope: left here, every
+            # request ends as a reference cycle holding its body (a publish's whole event),
+            # which the raised collector thresholds (``lifespan``) leave for a long time.
+            scope.pop(SERVER_SEND, None)
 
 
 def create_app(settings: Settings) -> Litestar:

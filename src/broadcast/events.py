@@ -1,14 +1,19 @@
-"""The event type and its wire encodings.
+"""The event type, its wire encodings, and its ids.
 
 An event is encoded at most once per wire format, however many clients receive it: the encodings
 are cached on the (immutable) event, so the fan-out loops only copy bytes.
+
+An event id is ``<epoch>:<offset>`` (``EventId``), opaque to clients: they only hand it back.
 """
 
 from __future__ import annotations
 
+import base64
+import os
+import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sse_starlette import ServerSentEvent
@@ -64,3 +69,46 @@ class Event:
         if self.id is None:
             return self.socketio_text
         return f"2[{dumps(self.name)},{self.json_data},{dumps(self.id)}]"
+
+
+# ---------------------------------------------------------------------------- event ids
+
+EPOCH_LENGTH = 8
+"""Characters of an epoch: 8 of ``[a-z2-7]`` (base32 of 40 random bits), so two incarnations of a
+stream practically never share one."""
+MAX_EVENT_ID_LENGTH = 64
+"""Longer text is not an id of ours, and is refused before any parsing."""
+
+# ``<epoch>:<offset>``: the offset in canonical decimal (no sign, no leading zero, ASCII digits
+# only, at most 16 of them); ``[0-9]`` rather than ``\d``, which would take '١٢٣'. ``fullmatch``
+# takes no trailing newline, unlike ``$``.
+_EVENT_ID = re.compile(r"([0-9a-z]{1,16}):(0|[1-9][0-9]{0,15})")
+
+
+class EventId(NamedTuple):
+    """Where an event stands in its channel's stream: ``offset`` counts the events of one
+    incarnation (``epoch``) of the stream, from 1. A new epoch begins whenever the stream's
+    state is lost (an in-process server restarts, Redis loses its data): offsets of two epochs
+    are never compared."""
+
+    epoch: str
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.epoch}:{self.offset}"
+
+
+def new_epoch() -> str:
+    """A fresh random epoch (the Redis backend proposes one with every publish: cheap)."""
+    return base64.b32encode(os.urandom(5)).decode().lower()
+
+
+def parse_event_id(text: str) -> EventId | None:
+    """The position an id stands for; ``None`` for anything that is not an id this server gives
+    (of any length, any characters: a client's ``Last-Event-ID`` is untrusted)."""
+    if len(text) > MAX_EVENT_ID_LENGTH:
+        return None
+    match = _EVENT_ID.fullmatch(text)
+    if match is None:
+        return None
+    return EventId(match[1], int(match[2]))

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     history_seconds: Annotated[float, Field(gt=0, le=86_400 * 7)] = 300.0
     """How long a published event is kept for clients that reconnect."""
 
+    history_bytes: Annotated[int, Field(ge=1024, le=2**40)] = 16 * 1024 * 1024
+    """Bytes of published events (their JSON) kept per channel for clients that reconnect; the
+    oldest go first."""
+
     presence_ttl_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
     """How long a node's share of the count outlives its last heartbeat (Redis only)."""
 

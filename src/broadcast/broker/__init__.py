@@ -33,7 +33,7 @@ def create_backends(settings: Settings) -> tuple[Backend, PresenceBackend]:
         from broadcast.broker.memory import MemoryBackend, MemoryPresence
 
         return (
-            MemoryBackend(settings.history_size, settings.history_seconds),
+            MemoryBackend(settings.history_size, settings.history_seconds, settings.history_bytes),
             MemoryPresence(),
         )
     if scheme in ("redis", "rediss", "unix"):
@@ -43,6 +43,12 @@ def create_backends(settings: Settings) -> tuple[Backend, PresenceBackend]:
         presence = RedisPresence(
             url, settings.presence_ttl_seconds, settings.presence_heartbeat_seconds, reconnect
         )
-        backend = RedisBackend(url, reconnect, settings.history_size, settings.history_seconds)
+        backend = RedisBackend(
+            url,
+            reconnect,
+            settings.history_size,
+            settings.history_seconds,
+            settings.history_bytes,
+        )
         return backend, presence
     raise ValueError(f"unsupported broker URL {url!r}")

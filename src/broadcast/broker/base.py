@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from broadcast.events import Event
+from broadcast.events import Event, EventId
 
 DeliverCallback = Callable[[str, Event], None]
 """Called with ``(channel, event)`` for every event published on any node."""
@@ -27,16 +27,16 @@ class BrokerUnavailable(Exception):
 
 @dataclass(frozen=True)
 class History:
-    """What a backend still holds of a channel after a given id."""
+    """What a backend still holds of a channel after a given position."""
 
     events: list[Event]
-    """The events after that id, oldest first."""
+    """The events after that position, oldest first; none when the position is not one of this
+    stream's (another epoch, an offset not given yet, or no position at all)."""
     complete: bool
-    """False when some events after that id are no longer held (too old, or too many since)."""
+    """False when some events after that position are no longer held (too old, too many or too
+    large since), or when the position is not one of this stream's."""
     oldest_id: str | None
     """The oldest event still held (``None`` when none is)."""
-    last_id: int
-    """The newest id given so far (an ``after`` beyond it comes from before a restart)."""
 
 
 class Backend(Protocol):
@@ -55,11 +55,14 @@ class Backend(Protocol):
     async def publish(self, channel: str, event: Event) -> str:
         """Give ``event`` its id, send it to every process (this one included) on ``channel``,
         keep it in the channel's bounded history, and return the id; ``BrokerUnavailable`` when
-        it cannot. Ids are increasing integers (as strings) that order a channel's events."""
+        it cannot. Ids are ``EventId`` strings, ``<epoch>:<offset>``: offsets count a channel's
+        events from 1 within one epoch, and a channel whose state is lost (a restart, Redis
+        losing its data) starts a new epoch."""
 
-    async def history(self, channel: str, after: int) -> History:
-        """The events of ``channel`` after id ``after`` still held; ``BrokerUnavailable`` when
-        the backend cannot be asked now."""
+    async def history(self, channel: str, after: EventId | None) -> History:
+        """The events of ``channel`` after position ``after`` still held (``None``: a position
+        that is not one of this stream's); ``BrokerUnavailable`` when the backend cannot be
+        asked now."""
 
 
 class PresenceBackend(Protocol):
@@ -77,3 +80,10 @@ class PresenceBackend(Protocol):
 
     async def stop(self) -> None:
         """Remove this node's share at once (a clean shutdown)."""
+
+
+def complete_after(first_held: int | None, after: int, last: int) -> bool:
+    """Offsets count every event of an epoch: nothing after offset ``after`` is missing when the
+    first event held after it is the very next one (``first_held``, ``None`` when none is held
+    after it), or when nothing was published since (``last``: the newest offset given)."""
+    return first_held == after + 1 if first_held is not None else last <= after

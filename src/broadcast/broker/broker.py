@@ -9,7 +9,7 @@ from collections import deque
 
 from broadcast.broker.base import Backend, BrokerUnavailable, History
 from broadcast.broker.hub import EventSize, Hub, Overflow, Subscriber
-from broadcast.events import Event
+from broadcast.events import Event, EventId
 from broadcast.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -49,8 +49,8 @@ class Broker:
         """Deliver ``event`` to every subscriber of ``channel`` on every process; its id."""
         return await self.backend.publish(channel, event)
 
-    async def history(self, after: int, channel: str = DEFAULT_CHANNEL) -> History:
-        """The events of ``channel`` after id ``after`` that are still held."""
+    async def history(self, after: EventId | None, channel: str = DEFAULT_CHANNEL) -> History:
+        """The events of ``channel`` after position ``after`` that are still held."""
         return await self.backend.history(channel, after)
 
     def publish_soon(self, event: Event, channel: str = DEFAULT_CHANNEL) -> None:

@@ -1,37 +1,79 @@
 """The in-process backend: the default, with nothing to set up.
 
-Publishing is a direct call to ``deliver``: there is only one process to reach. Ids are a
-counter: decimal strings that order the events. Presence has no other node to hear from.
+Publishing is a direct call to ``deliver``: there is only one process to reach. Ids are
+``<epoch>:<offset>``: an epoch made at start, a counter per channel. The history keeps each event's
+data once, as JSON bytes, within a count, an age and a byte bound. Presence has no other node to
+hear from.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
-import itertools
 import logging
 import os
 import tempfile
 import time
 from collections import deque
 from pathlib import Path
+from typing import NamedTuple
 
-from broadcast.broker.base import DeliverCallback, History, RemoteTotalCallback
-from broadcast.events import Event
+import orjson
+
+from broadcast.broker.base import DeliverCallback, History, RemoteTotalCallback, complete_after
+from broadcast.events import Event, EventId, new_epoch
 
 logger = logging.getLogger(__name__)
+
+
+class _Kept(NamedTuple):
+    """One event of the history, compactly: its data as JSON bytes, once. (Not the ``Event``,
+    whose cached encodings would double or triple its size.)"""
+
+    offset: int
+    time: float
+    name: str
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.data) + len(self.name) + ENTRY_OVERHEAD
+
+
+ENTRY_OVERHEAD = 220
+"""Bytes counted per event kept, beyond its name and data: the entry, its numbers, the bytes
+object's header, the deque's slot (about 215 on 64-bit CPython)."""
+
+
+class _Stream:
+    """One channel's offsets and bounded history."""
+
+    def __init__(self) -> None:
+        self.last = 0
+        self.kept: deque[_Kept] = deque()
+        self.bytes = 0
+
+    def evict_oldest(self) -> None:
+        self.bytes -= self.kept.popleft().size
 
 
 class MemoryBackend:
     unavailable_reason: str | None = None
 
-    def __init__(self, history_size: int = 1000, history_seconds: float = 300) -> None:
+    def __init__(
+        self,
+        history_size: int = 1000,
+        history_seconds: float = 300,
+        history_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
         self._deliver: DeliverCallback | None = None
-        self._ids = itertools.count(1)
-        self._last_id = 0
-        self._history: dict[str, deque[tuple[int, float, Event]]] = {}
+        # This process's streams die with it: a new process is a new epoch, so an id from
+        # before a restart is never mistaken for one of the new events.
+        self.epoch = new_epoch()
+        self._streams: dict[str, _Stream] = {}
         self._history_size = history_size
         self._history_seconds = history_seconds
+        self._history_bytes = history_bytes
         self._sibling_lock: int | None = None
 
     async def start(self, deliver: DeliverCallback) -> None:
@@ -64,24 +106,45 @@ class MemoryBackend:
     async def publish(self, channel: str, event: Event) -> str:
         if self._deliver is None:
             raise RuntimeError("the memory backend is not started")
-        number = next(self._ids)
-        self._last_id = number
-        event = dataclasses.replace(event, id=str(number))
-        kept = self._history.setdefault(channel, deque(maxlen=self._history_size))
-        kept.append((number, time.monotonic(), event))
+        stream = self._streams.get(channel)
+        if stream is None:
+            stream = self._streams[channel] = _Stream()
+        stream.last += 1
+        event_id = str(EventId(self.epoch, stream.last))
+        event = dataclasses.replace(event, id=event_id)
+        # The JSON as exact-size bytes: orjson.dumps's own result keeps its whole working buffer
+        # (260 KB for a 30 KB document), and the transports encode from ``json_data`` anyway.
+        kept = _Kept(stream.last, time.monotonic(), event.name, event.json_data.encode())
+        stream.kept.append(kept)
+        stream.bytes += kept.size
+        self._trim(stream)
         self._deliver(channel, event)
-        return str(number)
+        return event_id
 
-    async def history(self, channel: str, after: int) -> History:
-        kept = self._history.get(channel, deque())
+    def _trim(self, stream: _Stream) -> None:
+        """Within every bound: count, bytes (the newest event too, if it alone is over), age."""
+        while len(stream.kept) > self._history_size or stream.bytes > self._history_bytes:
+            stream.evict_oldest()
         oldest_allowed = time.monotonic() - self._history_seconds
-        while kept and kept[0][1] < oldest_allowed:
-            kept.popleft()
-        events = [event for number, _, event in kept if number > after]
-        # Ids are one counter: nothing is missing when the first event held is the very next
-        # id, or when nothing was published since.
-        complete = int(events[0].id or 0) == after + 1 if events else self._last_id <= after
-        return History(events, complete, str(kept[0][0]) if kept else None, self._last_id)
+        while stream.kept and stream.kept[0].time < oldest_allowed:
+            stream.evict_oldest()
+
+    async def history(self, channel: str, after: EventId | None) -> History:
+        stream = self._streams.get(channel) or _Stream()
+        self._trim(stream)
+        oldest = str(EventId(self.epoch, stream.kept[0].offset)) if stream.kept else None
+        if after is None or after.epoch != self.epoch or after.offset > stream.last:
+            return History([], False, oldest)  # not a position of this stream
+        held = [kept for kept in stream.kept if kept.offset > after.offset]
+        # The data goes out as it is kept, never parsed again: replaying costs no more than
+        # copying it.
+        events = [
+            Event(kept.name, orjson.Fragment(kept.data), str(EventId(self.epoch, kept.offset)))
+            for kept in held
+        ]
+        first = held[0].offset if held else None
+        complete = complete_after(first, after.offset, stream.last)
+        return History(events, complete, oldest)
 
 
 class MemoryPresence:

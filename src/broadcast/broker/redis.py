@@ -1,10 +1,11 @@
 """The Redis backend (redis-py's asyncio API): events and presence shared by every node.
 
 Deliberate choices:
-- One cross-node path. A publish is one Lua call that takes the next id (``INCR``) and
-  ``PUBLISH``es ``"<id> <json>"``; every node, the publisher included, receives it once from its
-  subscription and delivers it to its own clients. Nobody delivers directly, so nothing arrives
-  twice. (python-socketio's own Redis manager is not used beside it.)
+- One cross-node path. A publish is one Lua call that takes the next id (the channel's epoch and
+  ``HINCRBY`` of its offset), keeps the event in the channel's history stream (bounded by count
+  and bytes) and ``PUBLISH``es ``"<id> <json>"``; every node, the publisher included, receives
+  it once from its subscription and delivers it to its own clients. Nobody delivers directly,
+  so nothing arrives twice. (python-socketio's own Redis manager is not used beside it.)
 - Presence: each node writes its count under its own key with a TTL, refreshed by a heartbeat,
   and lists itself in a set; the total is the sum over the keys that still exist. A node killed
   without a goodbye simply stops refreshing, and its key expires. A change is announced on a
@@ -37,25 +38,58 @@ from broadcast.broker.base import (
     DeliverCallback,
     History,
     RemoteTotalCallback,
+    complete_after,
 )
-from broadcast.events import Event
+from broadcast.events import Event, EventId, new_epoch
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "broadcast:"
 EVENT_CHANNEL_PREFIX = PREFIX + "events:"
-EVENT_ID_KEY = PREFIX + "event-id"
-HISTORY_PREFIX = PREFIX + "history:"
+STREAM_PREFIX = PREFIX + "stream:"
+HISTORY_PREFIX = PREFIX + "replay:"
+"""(Not ``history:``, where nodes of a version with bare counter ids keep theirs: during a rolling
+upgrade the two never write to one stream, whose entry ids would then go backwards.)"""
 NODES_KEY = PREFIX + "presence:nodes"
 NODE_KEY_PREFIX = PREFIX + "presence:node:"
 PRESENCE_CHANNEL = PREFIX + "presence:changed"
 
-# KEYS[1]: the id counter, KEYS[2]: the channel, KEYS[3]: its history stream;
-# ARGV[1]: the event as JSON, ARGV[2]: how many events the history keeps, ARGV[3]: now (ms).
-# The stream entry's id is the event's id, so history reads by id.
+# KEYS[1]: the channel's state, one hash: its epoch, its last offset, the bytes its history
+# holds; KEYS[2]: the channel; KEYS[3]: its history stream. ARGV[1]: the event as JSON,
+# ARGV[2]: how many events the history keeps, ARGV[3]: how many bytes of events, ARGV[4]: now
+# (ms), ARGV[5]: a fresh epoch, taken when the channel has none.
+# Epoch and offset live in one key, so whatever loses one (FLUSHALL, a failover to an empty
+# replica, an eviction) loses both, and the next publish starts a new epoch; the history of the
+# old one goes with it, so the two are never mixed. The stream entry's id is the offset, so
+# history reads by offset; ``s`` is the size counted for the entry.
 _PUBLISH = """
-local id = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[2], id .. '-0', 'e', ARGV[1], 't', ARGV[3])
+if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[5]) == 1 then
+  redis.call('HSET', KEYS[1], 'offset', 0, 'bytes', 0)
+  redis.call('DEL', KEYS[3])
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local offset = string.format('%d', redis.call('HINCRBY', KEYS[1], 'offset', 1))
+local size = string.len(ARGV[1])
+redis.call('XADD', KEYS[3], offset .. '-0', 'e', ARGV[1], 't', ARGV[4], 's', size)
+local count = redis.call('XLEN', KEYS[3])
+local bytes = size
+if count == 1 then
+  redis.call('HSET', KEYS[1], 'bytes', size)  -- the stream alone was lost: count afresh
+else
+  bytes = redis.call('HINCRBY', KEYS[1], 'bytes', size)
+end
+local max_count, max_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
+while count > max_count or bytes > max_bytes do
+  local oldest = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)[1]
+  if oldest == nil then break end
+  local fields = oldest[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 's' then bytes = redis.call('HINCRBY', KEYS[1], 'bytes', -fields[i + 1]) end
+  end
+  redis.call('XDEL', KEYS[3], oldest[1])
+  count = count - 1
+end
+local id = epoch .. ':' .. offset
 redis.call('PUBLISH', KEYS[2], id .. ' ' .. ARGV[1])
 return id
 """
@@ -164,10 +198,9 @@ async def _until_cancelled(
         await backoff.wait()
 
 
-def _complete(events: list[Event], after: int, last_id: int) -> bool:
-    """Ids are one counter: nothing is missing when the first event held is the very next id,
-    or when nothing was published since."""
-    return int(events[0].id or 0) == after + 1 if events else last_id <= after
+def _offset(entry_id: bytes) -> int:
+    """The offset a history stream entry stands for: its id is ``<offset>-0``."""
+    return int(entry_id.split(b"-")[0])
 
 
 class RedisBackend:
@@ -177,9 +210,11 @@ class RedisBackend:
         reconnect_max_seconds: float,
         history_size: int = 1000,
         history_seconds: float = 300,
+        history_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self._redis = connect(url)
         self._history_size = history_size
+        self._history_bytes = history_bytes
         self._history_ms = int(history_seconds * 1000)
         self._publish = self._redis.register_script(_PUBLISH)
         self._health = _Health("events")
@@ -210,34 +245,51 @@ class RedisBackend:
         payload = orjson.dumps({"name": event.name, "data": event.data})
         try:
             event_id = await self._publish(
-                keys=[EVENT_ID_KEY, EVENT_CHANNEL_PREFIX + channel, HISTORY_PREFIX + channel],
-                args=[payload, self._history_size, int(time.time() * 1000)],
+                keys=[
+                    STREAM_PREFIX + channel,
+                    EVENT_CHANNEL_PREFIX + channel,
+                    HISTORY_PREFIX + channel,
+                ],
+                args=[
+                    payload,
+                    self._history_size,
+                    self._history_bytes,
+                    int(time.time() * 1000),
+                    new_epoch(),
+                ],
             )
         except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"redis unreachable: {exc}") from exc
-        return str(event_id)
+        return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
 
-    async def history(self, channel: str, after: int) -> History:
+    async def history(self, channel: str, after: EventId | None) -> History:
         key = HISTORY_PREFIX + channel
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xrange(key, f"({after}-0", "+")
+            # One transaction: the state and the stream of the same epoch.
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hmget(STREAM_PREFIX + channel, "epoch", "offset")
                 pipe.xrange(key, "-", "+", count=1)
-                pipe.get(EVENT_ID_KEY)
-                entries, first, last_id = await pipe.execute()
+                if after is not None:
+                    pipe.xrange(key, f"({after.offset}-0", "+")
+                (epoch_bytes, last_bytes), first, *rest = await pipe.execute()
         except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"redis unreachable: {exc}") from exc
+        epoch = epoch_bytes.decode() if epoch_bytes is not None else None
+        last = int(last_bytes or 0)
+        oldest = f"{epoch}:{_offset(first[0][0])}" if first and epoch else None
+        if after is None or after.epoch != epoch or after.offset > last:
+            return History([], False, oldest)  # not a position of this stream
         cutoff = time.time() * 1000 - self._history_ms
         events = []
-        for entry_id, fields in entries:
+        first_held = None
+        for entry_id, fields in rest[0]:
             if float(fields[b"t"]) < cutoff:
                 continue  # too old to replay: counts as missing
-            number = entry_id.decode().split("-")[0]
+            offset = _offset(entry_id)
+            first_held = offset if first_held is None else first_held
             body = orjson.loads(fields[b"e"])
-            events.append(Event(body["name"], body.get("data"), number))
-        oldest = first[0][0].decode().split("-")[0] if first else None
-        last = int(last_id or 0)
-        return History(events, _complete(events, after, last), oldest, last)
+            events.append(Event(body["name"], body.get("data"), str(EventId(epoch, offset))))
+        return History(events, complete_after(first_held, after.offset, last), oldest)
 
     async def _listen(self) -> None:
         async with self._redis.pubsub() as pubsub:

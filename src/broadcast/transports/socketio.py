@@ -40,7 +40,7 @@ from broadcast.events import CHAT_MESSAGE, ERROR, Event
 from broadcast.identity import Identity
 from broadcast.limits import AddressLimit
 from broadcast.presence import Presence
-from broadcast.replay import missed_since
+from broadcast.replay import Missed, missed_since, replay_budget
 from broadcast.settings import Settings
 from broadcast.transports.direct import PUMP_BACKLOG, SLICE, Passes, socket_of
 from broadcast.transports.engineio_server import CONNECTION, Frame, decodable
@@ -68,7 +68,7 @@ class _Client:
     """The id this client asked to resume from (``""``: ids only, nothing to replay)."""
     pending: list[Event] | None = None
     """Live events held back while what it missed is replayed (``None``: not replaying)."""
-    replayed_up_to: int | None = None
+    replayed_up_to: Missed | None = None
     """After a replay: live events up to this id were replayed from the history (which can
     be ahead of the live stream), so the pump skips them; cleared past it."""
     position: int = 0
@@ -82,7 +82,7 @@ class _Client:
         frames = []
         for event, frame in events:
             if event.id is not None and skip_to is not None:
-                if int(event.id) <= skip_to:
+                if skip_to.is_replayed(event):
                     continue
                 skip_to = self.replayed_up_to = None
             frames.append(frame)
@@ -276,12 +276,13 @@ class SocketIOTransport:
             return
         eio_sid = self._eio_sid(sid)
         try:
-            missed = await missed_since(self._broker, client.resume_from)
+            budget = replay_budget(self._buffer_bytes)
+            missed = await missed_since(self._broker, client.resume_from, budget)
             if missed.gap is not None:
                 await self._deliver(eio_sid, Frame(missed.gap.socketio_text))
             for event in missed.events:
                 await self._deliver(eio_sid, Frame(event.socketio_text_with_id))
-            client.replayed_up_to = missed.last_id
+            client.replayed_up_to = missed
             while client.pending:
                 held, client.pending = client.pending, []
                 for frame in client.fresh([(e, Frame(e.socketio_text_with_id)) for e in held]):

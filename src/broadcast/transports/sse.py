@@ -45,7 +45,7 @@ from broadcast.events import Event
 from broadcast.identity import Identity
 from broadcast.limits import AddressLimit
 from broadcast.presence import Presence
-from broadcast.replay import Missed, missed_since
+from broadcast.replay import Missed, missed_since, replay_budget
 from broadcast.settings import Settings
 from broadcast.transports.direct import (
     PUMP_BACKLOG,
@@ -307,7 +307,8 @@ class SSETransport:
             if resume_from is not None:
                 # Live events queue up in the subscriber meanwhile; those already replayed are
                 # skipped below, so each event arrives once, in order.
-                missed = await missed_since(self._broker, resume_from)
+                budget = replay_budget(self._settings.client_buffer_bytes)
+                missed = await missed_since(self._broker, resume_from, budget)
                 if missed.gap is not None:
                     first += missed.gap.sse_frame
                 first += b"".join(event.sse_frame for event in missed.events)
