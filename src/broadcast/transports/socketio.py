@@ -178,23 +178,18 @@ class SocketIOTransport:
                 await task
         self._tasks = []
 
-    async def close_all(self, flush_seconds: float = 1.0) -> None:
-        """Close every client's Engine.IO session: clients see a transport close and reconnect
-        (a Socket.IO-level disconnect would tell the official client not to). The close packets
-        get ``flush_seconds`` to go out: a long-polling client between two polls may never
-        come for its own, and must not hold up the others (python-engineio's own disconnect
-        waits for each client's queue in turn)."""
-        sockets = [s for s in self.server.eio.sockets.values() if not s.closed]
-        for socket in sockets:
+    async def close_all(self) -> None:
+        """End every client's Engine.IO session as a transport close, so that every client
+        reconnects (elsewhere: ``broadcast serve`` has stopped listening). No Engine.IO close
+        packet: python-socketio's client takes one as a deliberate disconnect and never
+        reconnects. A no-op packet answers a pending long-poll (the next poll finds the node
+        gone); a websocket closes once its queue is sent. hypercorn waits for those writes."""
+        reason = self.server.reason.SERVER_DISCONNECT
+        for socket in [s for s in self.server.eio.sockets.values() if not s.closed]:
             with contextlib.suppress(Exception):
-                await socket.close(
-                    wait=False, abort=False, reason=self.server.reason.SERVER_DISCONNECT
-                )
-        flushing = [asyncio.ensure_future(socket.queue.join()) for socket in sockets]
-        if flushing:
-            _, pending = await asyncio.wait(flushing, timeout=flush_seconds)
-            for waiter in pending:
-                waiter.cancel()
+                await socket.close(wait=False, abort=True, reason=reason)
+                socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+                socket.queue.put_nowait(None)  # ends the writer (websocket) or the next poll
 
     # ------------------------------------------------------------------ connections
 
