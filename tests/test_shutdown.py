@@ -242,7 +242,7 @@ async def test_the_refusal_is_a_503_that_closes_the_connection() -> None:
     assert json.loads(body["body"]) == {"status_code": 503, "detail": "server shutting down"}
 
     sent.clear()
-    extensions = {"websocket.http.response": {}}
+    extensions: dict[str, Any] = {"websocket.http.response": {}}
     await drain.refuse({"type": "websocket", "extensions": extensions}, send)
     assert [m["type"] for m in sent] == [
         "websocket.http.response.start",
