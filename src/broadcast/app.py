@@ -131,8 +131,10 @@ def create_app(settings: Settings) -> BroadcastApp:
         come back (``broadcast serve`` calls this on SIGTERM once it has stopped listening, before
         hypercorn's graceful wait, which then has nothing to wait for)."""
         gate.draining = True
+        streams = sse_transport.streams
         broker.hub.close_all(drain.SHUTTING_DOWN)
-        await socketio_transport.close_all()
+        sessions = await socketio_transport.close_all()
+        logger.info("closing %d SSE streams and %d Socket.IO sessions", streams, sessions)
 
     @get("/", media_type=MediaType.HTML, include_in_schema=False)
     async def index() -> File:

@@ -36,6 +36,7 @@ from litestar.handlers import ASGIRouteHandler
 from litestar.types import Receive, Scope, Send
 
 from broadcast.broker import Broker, BrokerUnavailable, Overflow, Subscriber, SubscriberClosed
+from broadcast.drain import SHUTTING_DOWN
 from broadcast.events import CHAT_MESSAGE, ERROR, Event
 from broadcast.identity import Identity
 from broadcast.limits import AddressLimit
@@ -178,18 +179,20 @@ class SocketIOTransport:
                 await task
         self._tasks = []
 
-    async def close_all(self) -> None:
+    async def close_all(self) -> int:
         """End every client's Engine.IO session as a transport close, so that every client
         reconnects (elsewhere: ``broadcast serve`` has stopped listening). No Engine.IO close
         packet: python-socketio's client takes one as a deliberate disconnect and never
         reconnects. A no-op packet answers a pending long-poll (the next poll finds the node
-        gone); a websocket closes once its queue is sent. hypercorn waits for those writes."""
-        reason = self.server.reason.SERVER_DISCONNECT
-        for socket in [s for s in self.server.eio.sockets.values() if not s.closed]:
+        gone); a websocket closes once its queue is sent. hypercorn waits for those writes.
+        Returns how many sessions it closed."""
+        sockets = [s for s in self.server.eio.sockets.values() if not s.closed]
+        for socket in sockets:
             with contextlib.suppress(Exception):
-                await socket.close(wait=False, abort=True, reason=reason)
+                await socket.close(wait=False, abort=True, reason=SHUTTING_DOWN)
                 socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
                 socket.queue.put_nowait(None)  # ends the writer (websocket) or the next poll
+        return len(sockets)
 
     # ------------------------------------------------------------------ connections
 
@@ -254,7 +257,11 @@ class SocketIOTransport:
         # Why every client left: ordinary goodbyes (the client said so, or closed its
         # connection: a tab closed) at debug level, anything else (too slow, ping timeout, the
         # server's own disconnect) at info, so churn does not flood the log.
-        ordinary = (self.server.reason.CLIENT_DISCONNECT, self.server.reason.TRANSPORT_CLOSE)
+        ordinary = (
+            self.server.reason.CLIENT_DISCONNECT,
+            self.server.reason.TRANSPORT_CLOSE,
+            SHUTTING_DOWN,  # one line for the whole drain (app.py)
+        )
         level = logging.DEBUG if reason in ordinary else logging.INFO
         logger.log(level, "Socket.IO client %s (%s) left: %s", sid, client.address, reason)
         if reason == self.server.reason.CLIENT_DISCONNECT:
