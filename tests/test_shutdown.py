@@ -19,6 +19,7 @@ import pytest
 import socketio
 
 from broadcast import drain
+from broadcast.transports.socketio_rooms import IndexedManager
 from tests.conftest import StartServer
 from tests.support import VENV_BIN, Server, until
 
@@ -253,3 +254,34 @@ async def test_the_refusal_is_a_503_that_closes_the_connection() -> None:
     sent.clear()
     await drain.refuse({"type": "websocket", "extensions": {}}, send)
     assert sent == [{"type": "websocket.close", "code": 1013}]
+
+
+def test_the_indexed_manager_leaves_the_state_python_socketio_would() -> None:
+    """Same operations on python-socketio's manager and ours: the same rooms and bookkeeping
+    after every step (ours only finds a leaving client's rooms without scanning them all)."""
+    ours, theirs = IndexedManager(), socketio.AsyncManager()
+    sids = [f"s{n}" for n in range(6)]
+
+    def both(operation: str, *args: Any) -> None:
+        for manager in (ours, theirs):
+            getattr(manager, operation)(*args)
+        assert ours.rooms == theirs.rooms, operation
+        assert ours.callbacks == theirs.callbacks
+        assert ours.pending_connect == theirs.pending_connect
+        assert ours.pending_disconnect == theirs.pending_disconnect
+
+    for n, sid in enumerate(sids):
+        namespace = "/" if n % 3 else "/chat"
+        both("basic_enter_room", sid, namespace, None, f"e{n}")
+        both("basic_enter_room", sid, namespace, sid, f"e{n}")
+        both("basic_enter_room", sid, namespace, "everyone", f"e{n}")
+    for manager in (ours, theirs):
+        manager.callbacks["s1"] = {0: 1}
+        manager.pending_connect["/"] = ["s1", "s2"]
+        manager.pending_disconnect["/"] = ["s4"]
+    both("basic_leave_room", "s2", "/", "everyone")
+    for sid in ("s1", "s2", "s4", "s0"):
+        both("basic_disconnect", sid, "/chat" if sid == "s0" else "/")
+    both("basic_disconnect", "nobody", "/")
+    both("basic_disconnect", "s5", "/nowhere")
+    assert sorted(ours.get_rooms("s5", "/")) == ["everyone", "s5"]

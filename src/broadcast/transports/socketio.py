@@ -44,6 +44,7 @@ from broadcast.presence import Presence
 from broadcast.replay import missed_since
 from broadcast.settings import Settings
 from broadcast.transports.direct import PUMP_BACKLOG, SLICE, Passes, socket_of
+from broadcast.transports.socketio_rooms import IndexedManager
 from broadcast.transports.socketio_server import (
     CONNECTION,
     NAMESPACE,
@@ -115,6 +116,7 @@ class SocketIOTransport:
             max_http_buffer_size=settings.max_frame_bytes,
             logger=False,
             engineio_logger=False,
+            client_manager=IndexedManager(),  # a disconnect in O(1), not O(clients)
         )
         self.server.on("connect", self._on_connect)
         self.server.on("disconnect", self._on_disconnect)
