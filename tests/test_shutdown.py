@@ -58,8 +58,8 @@ async def sse_client(
     http: httpx.AsyncClient, server: Server, attempts: Attempts, opened: list[int], done: Any
 ) -> None:
     """An SSE client that reconnects as soon as its stream ends (EventSource with a zero
-    ``retry``), and every 20 ms while it is refused, until ``done()``."""
-    while not done():
+    ``retry``), and every 20 ms while it is refused, until ``done()`` (and at least once)."""
+    while not (done() and attempts.refused):
         try:
             async with http.stream("GET", f"{server.url}/events") as response:
                 if attempts.closed:
