@@ -1,5 +1,5 @@
 """Load generator for broadcast and the Node reference peer: storm | fanout | churn | footprint
-| soak.
+| soak | shutdown (``bench/shutdown.py``).
 
 Speaks the wire formats itself (``bench/wire.py``: Engine.IO v4 over raw RFC 6455 WebSocket,
 SSE over raw HTTP/1.1), so that one process on one core can hold thousands of clients and read
@@ -194,6 +194,8 @@ class Run:
         self.stats_exposed: bool | None = None
         self.last_stats: Any = None
         self.last_stats_error: str | None = None
+        self.on_drop: Callable[[Client, str], None] | None = None
+        """Set by a scenario that expects the server to close its clients (shutdown)."""
 
     # -------------------------------------------------------------------- logging, errors
 
@@ -315,6 +317,13 @@ class Run:
 
     def dropped(self, c: Client, why: str) -> None:
         """The server (or the network) closed a client we still wanted open."""
+        if self.on_drop is not None:
+            if c.state == S_OPEN:
+                self.remove_open(c)
+                c.state = S_CLOSED
+                c.abort()
+                self.on_drop(c, why)
+            return
         if c.state == S_CONNECTING:
             self.connect_fail(c, why)
             return
@@ -1132,12 +1141,23 @@ async def soak(run: Run) -> dict[str, Any]:
     return {"soak": result}
 
 
+async def shutdown(run: Run) -> dict[str, Any]:
+    """In a module of its own, given this module's helpers: run as ``python -m bench.loadgen``,
+    this module is ``__main__``, and importing ``bench.loadgen`` there would load a second copy
+    (whose ``ScenarioFailed`` ``amain`` here would not catch)."""
+    from bench import shutdown as scenario
+
+    helpers = scenario.Helpers(connect_phase, check_server, kind_for, ScenarioFailed)
+    return await scenario.shutdown(run, helpers)
+
+
 SCENARIOS: dict[str, Callable[[Run], Any]] = {
     "storm": storm,
     "fanout": fanout,
     "churn": churn,
     "footprint": footprint,
     "soak": soak,
+    "shutdown": shutdown,
 }
 
 

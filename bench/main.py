@@ -38,12 +38,13 @@ from bench.servers import (
     node_spec,
     ours_spec,
     prepare_peer,
+    serve_spec,
 )
 
 BENCH = Path(__file__).resolve().parent
-SCENARIOS = ("storm", "fanout", "churn", "footprint", "soak")
-DEFAULT_SCENARIOS = ("storm", "fanout", "churn", "footprint")  # the soak runs when asked for
-OURS_ONLY = ("soak",)  # scenarios the Node peer does not run
+SCENARIOS = ("storm", "fanout", "churn", "footprint", "shutdown", "soak")
+DEFAULT_SCENARIOS = ("storm", "fanout", "churn", "footprint", "shutdown")  # soak: when asked
+OURS_ONLY = ("soak", "shutdown")  # scenarios the Node peer does not run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--churn-duration", type=float, default=None, help="seconds (default 20)")
     p.add_argument("--churn-rate", type=float, default=100.0, help="joins+leaves per second")
     p.add_argument("--footprint-clients", type=int, default=None, help="default 1000")
+    p.add_argument(
+        "--shutdown-clients", type=int, default=None, help="shutdown: default 5000 (quick: 300)"
+    )
     p.add_argument(
         "--soak",
         action="store_true",
@@ -121,6 +125,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.churn_clients = o.churn_clients or (200 if q else 1000)
     o.churn_duration = o.churn_duration or (4.0 if q else 20.0)
     o.footprint_clients = o.footprint_clients or (200 if q else 1000)
+    o.shutdown_clients = o.shutdown_clients or (300 if q else 5000)
     o.soak_seconds = o.soak_seconds or (20.0 if q else 600.0)
     o.soak_clients = o.soak_clients or (200 if q else 2000)
     o.soak_report = o.soak_report or (5.0 if q else 30.0)
@@ -260,6 +265,10 @@ class Bench:
                 args = ["--footprint-transport", kind, "--footprint-settle", settle]
                 label = f"{'SSE' if kind == 'sse' else 'Socket.IO'} N={n}"
                 out.append(("footprint", label, n, args, 60 + 0.05 * n))
+        if "shutdown" in o.scenarios:
+            # SIGTERM to `broadcast serve` with every client reconnecting (bench/shutdown.py).
+            n = o.shutdown_clients
+            out.append(("shutdown", f"N={n}", n, common, 90 + 0.02 * n))
         if "soak" in o.scenarios:
             n, d = o.soak_clients, o.soak_seconds
             args = [
@@ -301,6 +310,8 @@ class Bench:
         entry: dict[str, Any] = {"target": name, "scenario": scenario, "case": case, "clients": n}
         server: ServerProcess | None = None
         if isinstance(target, ServerSpec):
+            if scenario == "shutdown" and name == "ours":
+                target = serve_spec(target)  # the prompt shutdown is `broadcast serve`'s
             log_path = self.logs / f"{name}-{scenario}-{case.replace(' ', '_')}.log"
             server = ServerProcess(target, free_port(), log_path)
             server.start()
@@ -347,6 +358,7 @@ class Bench:
         if server is not None:
             entry["server_exit"] = server.stop()
             entry["server_log"] = server.notable_log_lines()
+            entry["server_tracebacks"] = server.tracebacks()
             if server.children:
                 entry["server_children"] = server.children
         entry["result"] = result
@@ -425,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                 o.churn_clients * 2,
                 o.footprint_clients,
                 o.soak_clients * 2,
+                o.shutdown_clients * 2,
             ]
         )
         * 2

@@ -77,6 +77,10 @@ def soak_ops(r: Run) -> int | None:
     return joins + leaves if isinstance(joins, int) and isinstance(leaves, int) else None
 
 
+def shutdown(*keys: str) -> Getter:
+    return lambda r: dig(r, "result", "shutdown", *keys)
+
+
 def soak_verdict(r: Run) -> str | None:
     checks = soak("checks")(r)
     if not isinstance(checks, dict):
@@ -164,6 +168,14 @@ METRICS: dict[str, list[tuple[str, Getter, str]]] = {
             "lower",
         ),
         ("connect errors + drops", errors, "zero"),
+    ],
+    "shutdown": [
+        ("SIGTERM to exit (ms)", shutdown("exit_ms"), "lower"),
+        ("SIGTERM to the last client closed (ms)", shutdown("last_close_ms"), "lower"),
+        ("clients closed by the server", shutdown("closed_by_server"), ""),
+        ("reconnects refused (while draining)", shutdown("refused_while_draining"), ""),
+        ("reconnects accepted", shutdown("accepted"), "zero"),
+        ("tracebacks in the log", lambda r: r.get("server_tracebacks"), "zero"),
     ],
     "soak": [
         ("joins + leaves", soak_ops, ""),
@@ -336,6 +348,20 @@ def target_rows(results: dict[str, Any]) -> list[list[str]]:
                     f"footprint {ours['case']}: < {limit:.0f} KB per idle connection",
                     f"{kb:.1f} KB",
                     _verdict(kb < limit, f"{kb - limit:.1f} KB over"),
+                ]
+            )
+    for ours, _ in pairs("shutdown"):
+        ms, tracebacks = shutdown("exit_ms")(ours), ours.get("server_tracebacks")
+        if ours["clients"] >= 5000 and isinstance(ms, int | float):
+            rows.append(
+                [
+                    f"shutdown {ours['case']}, clients reconnecting: exit < 1 s after SIGTERM, "
+                    "reconnects refused, no traceback",
+                    f"{ms:.0f} ms; accepted {shutdown('accepted')(ours)}; tracebacks {tracebacks}",
+                    _verdict(
+                        ms < 1000 and not tracebacks,
+                        f"{ms - 1000:.0f} ms over" if ms >= 1000 else f"{tracebacks} tracebacks",
+                    ),
                 ]
             )
     cold = [r["cold_start_ms"] for r in runs if r["target"] == "ours" and r.get("cold_start_ms")]

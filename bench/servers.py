@@ -155,6 +155,14 @@ class ServerProcess:
             return ""
         return "\n".join(lines[-n:])
 
+    def tracebacks(self) -> int:
+        """Tracebacks in the log (``Exception in callback`` heads one the event loop logged)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return 0
+        return text.count("Traceback (most recent call last)")
+
     def notable_log_lines(self, limit: int = 8) -> dict[str, Any]:
         """Errors and warnings the server logged: a count and the first distinct lines."""
         try:
@@ -219,6 +227,15 @@ def ours_spec(
         worker_class,
     ]
     return ServerSpec("ours", "broadcast (hypercorn)", argv, env, ROOT, "/healthz")
+
+
+def serve_spec(ours: ServerSpec) -> ServerSpec:
+    """``ours`` run as ``broadcast serve`` (one process, its prompt shutdown) rather than plain
+    hypercorn; the same core and environment (``PYTHONMALLOC`` is set, so it does not
+    re-execute itself and the PID stays the one serving)."""
+    taskset = ours.argv[:3]
+    argv = [*taskset, str(VENV_BIN / "broadcast"), "serve", "--host", "127.0.0.1", "--port"]
+    return ServerSpec("ours", "broadcast serve", [*argv, "{port}"], ours.env, ours.cwd, "/healthz")
 
 
 def node_spec(core: int, peer_dir: Path) -> ServerSpec:

@@ -28,7 +28,7 @@ def test_bench_quick_runs_every_scenario_cleanly() -> None:
     assert written, result.stderr[-3000:]
     report = json.loads(Path(written[-1].split("results: ")[1].strip()).read_text())
     scenarios = {run["scenario"] for run in report["runs"]}
-    assert {"storm", "fanout", "churn", "footprint"} <= scenarios
+    assert {"storm", "fanout", "churn", "footprint", "shutdown"} <= scenarios
     assert all(run["ok"] for run in report["runs"]), [r["error"] for r in report["runs"]]
     measured = {row["target (the performance issue's)"] for row in report["targets"]}
     assert "cold start to first connection < 1 s (median)" in measured
@@ -67,6 +67,7 @@ def test_the_targets_say_met_or_by_how_much_they_are_missed() -> None:
                 1000,
                 {"footprint": {"transport": "sse", "kb_per_connection": 41}},
             ),
+            run("shutdown", "ours", 5000, {"shutdown": {"exit_ms": 1200, "accepted": 0}}),
         ],
     }
     verdicts = {target: verdict for target, _, verdict in report.target_rows(results)}
@@ -77,4 +78,6 @@ def test_the_targets_say_met_or_by_how_much_they_are_missed() -> None:
         "fanout N=5000 at 50/s: p99 < 100 ms, 0 lost or out of order": "MISSED: 28 ms (28 %) over",
         "footprint N=1000: < 40 KB per idle connection": "MISSED: 1.0 KB over",
         "cold start to first connection < 1 s (median)": "met",
+        "shutdown N=5000, clients reconnecting: exit < 1 s after SIGTERM, reconnects refused, "
+        "no traceback": "MISSED: 200 ms over",
     }

@@ -23,7 +23,7 @@ from litestar.response import File
 from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from broadcast import __version__, logs
+from broadcast import __version__, drain, logs
 from broadcast.api import create_api_router
 from broadcast.broker import Broker, create_backends
 from broadcast.identity import Identity
@@ -85,11 +85,17 @@ def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
 
 class BroadcastApp(Litestar):
     """Litestar, keeping the ASGI server's own ``send`` in each connection's scope: Litestar
-    wraps it, and the fan-out finds the client's socket from the server's (``direct.py``)."""
+    wraps it, and the fan-out finds the client's socket from the server's (``direct.py``).
+    Once draining, new streams and Socket.IO sessions are refused (``drain.py``)."""
+
+    gate = drain.Gate()  # create_app gives each app its own
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             await super().__call__(scope, receive, send)
+            return
+        if self.gate.refuses(scope):
+            await drain.refuse(scope, send)
             return
         scope[SERVER_SEND] = send
         try:
@@ -101,7 +107,7 @@ class BroadcastApp(Litestar):
             scope.pop(SERVER_SEND, None)
 
 
-def create_app(settings: Settings) -> Litestar:
+def create_app(settings: Settings) -> BroadcastApp:
     logs.configure(settings.log_level, settings.log_format)
     metrics = Metrics()
     backend, presence_backend = create_backends(settings)
@@ -150,17 +156,23 @@ def create_app(settings: Settings) -> Litestar:
             await presence.stop()
             await broker.stop()
 
-    async def drain() -> None:
-        """Close every connection now, telling clients to come back (``broadcast serve`` calls
-        this on SIGTERM, before hypercorn's graceful wait, which then has nothing to wait for)."""
-        broker.hub.close_all("server shutting down")
-        await socketio_transport.close_all()
+    gate = drain.Gate()
+
+    async def drain_now() -> None:
+        """Refuse new streams and sessions, and close every connection now, telling clients to
+        come back (``broadcast serve`` calls this on SIGTERM once it has stopped listening, before
+        hypercorn's graceful wait, which then has nothing to wait for)."""
+        gate.draining = True
+        streams = sse_transport.streams
+        broker.hub.close_all(drain.SHUTTING_DOWN)
+        sessions = await socketio_transport.close_all()
+        logger.info("closing %d SSE streams and %d Socket.IO sessions", streams, sessions)
 
     @get("/", media_type=MediaType.HTML, include_in_schema=False)
     async def index() -> File:
         return File(static / "index.html", content_disposition_type="inline")
 
-    return BroadcastApp(
+    app = BroadcastApp(
         route_handlers=[
             index,
             create_static_files_router(path="/static", directories=[static]),
@@ -175,11 +187,13 @@ def create_app(settings: Settings) -> Litestar:
         # line twice; unexpected errors are logged by `internal_error` instead.
         logging_config=LoggingConfig(configure_root_logger=False),
         exception_handlers={HTTP_500_INTERNAL_SERVER_ERROR: internal_error},
-        state=State({"drain": drain}),
+        state=State({"drain": drain_now}),
     )
+    app.gate = gate
+    return app
 
 
-def app_from_environment() -> Litestar:
+def app_from_environment() -> BroadcastApp:
     """The app configured from ``BROADCAST_*`` variables; a bad value exits with its message."""
     try:
         settings = load_settings()

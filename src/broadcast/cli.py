@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import gc
 import json
 import logging
 import os
@@ -17,8 +17,8 @@ import signal
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, cast
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -64,33 +64,112 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_event_loop(main: Any) -> None:
+def _run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    with asyncio.Runner(loop_factory=_listening_loop_class()) as runner:
+        runner.run(main)
+
+
+class _RecordsListeners:
+    """The one place that leans on how hypercorn stops (``worker_serve``, hypercorn 0.18): it
+    opens each listener with ``asyncio.start_server``, i.e. ``loop.create_server`` on the running
+    loop; once the shutdown trigger returns it marks the worker terminated (which closes idle
+    keep-alive connections at once), closes its listeners (new connections are refused), then
+    waits up to its graceful timeout for the connections still open, and cancels them.
+
+    So the app must close its connections only *after* that: earlier, clients that reconnect at
+    once would come straight back to this node, over a new connection or an idle keep-alive one,
+    instead of another node. This event loop keeps the servers it creates, so that
+    ``_serve_one_process`` can see hypercorn close them and only then drain the app. It checks at
+    startup that hypercorn's listeners were seen here; when they were not, or hypercorn does not
+    close them, it drains anyway (clients may then come back here during the drain)."""
+
+    listeners: list[asyncio.AbstractServer]
+
+    async def create_server(self, *args: Any, **kwargs: Any) -> Any:
+        server: asyncio.AbstractServer = await cast(Any, super()).create_server(*args, **kwargs)
+        if not hasattr(self, "listeners"):
+            self.listeners = []
+        self.listeners.append(server)
+        return server
+
+
+def _listening_loop_class() -> Callable[[], asyncio.AbstractEventLoop]:
     try:
         import uvloop  # the faster event loop, when installed
     except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+
+        class AsyncioLoop(_RecordsListeners, asyncio.SelectorEventLoop):
+            pass
+
+        return AsyncioLoop
+
+    class Uvloop(_RecordsListeners, uvloop.Loop):  # type: ignore[misc]  # uvloop's stubs
+        pass
+
+    return Uvloop
+
+
+LISTENERS_CLOSE_WITHIN = 100
+"""Turns of the event loop hypercorn gets to close its listeners once the trigger returns (it
+takes a handful)."""
 
 
 async def _serve_one_process(config: Config) -> None:
-    """hypercorn in this process, with a prompt shutdown: on SIGTERM or Ctrl-C, first drain the
-    app (SSE streams end with a retry hint, Socket.IO transports close so clients reconnect),
-    then let hypercorn stop, which then has nothing left to wait for."""
+    """hypercorn in this process, with a prompt shutdown. On SIGTERM or Ctrl-C: new streams and
+    Socket.IO sessions are refused (503), hypercorn stops listening (new connections are refused,
+    so reconnecting clients go elsewhere) and closes idle keep-alive connections, then the app
+    closes its connections (SSE streams end with a retry hint, Socket.IO transports close so
+    clients reconnect), which is all hypercorn waits for before it exits."""
     from broadcast.app import app
 
+    log = logging.getLogger("broadcast")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stop.set)
+    draining: list[asyncio.Task[None]] = []
 
-    async def drain_then_stop() -> None:
-        await stop.wait()
-        logging.getLogger("broadcast").info("shutting down: draining connections")
-        with contextlib.suppress(Exception):
+    async def drain_once_not_listening(listeners: list[asyncio.AbstractServer]) -> None:
+        for _ in range(LISTENERS_CLOSE_WITHIN):
+            if not any(server.is_serving() for server in listeners):
+                break
+            await asyncio.sleep(0)
+        else:
+            log.warning("hypercorn did not close its listeners: closing them before draining")
+            for server in listeners:
+                server.close()
+        try:
             await app.state.drain()
+        except Exception:
+            log.exception("draining failed; hypercorn closes what is left")
 
-    await serve(app, config, shutdown_trigger=drain_then_stop)  # type: ignore[arg-type]
+    async def shutdown_trigger() -> None:
+        # hypercorn calls this once its listeners are open.
+        listeners = list(getattr(loop, "listeners", []))
+        if not listeners or not all(server.is_serving() for server in listeners):
+            log.warning(
+                "cannot see hypercorn's listeners: on shutdown, clients that reconnect during "
+                "the drain may come back to this node"
+            )
+            listeners = []
+        await stop.wait()
+        log.info("shutting down: no longer accepting connections; closing those open")
+        app.gate.draining = True
+        # The process is about to exit: a full collection over thousands of connections now
+        # (0.6 s and more) would only hold the drain up.
+        gc.disable()
+        draining.append(asyncio.create_task(drain_once_not_listening(listeners)))
+
+    await serve(app, config, shutdown_trigger=shutdown_trigger)
+    if draining:
+        # Every connection is closed and the lifespan has shut down (the broker too: with Redis,
+        # this node's share of the count is gone). What is left is tearing down the objects of
+        # thousands of connections one by one (their tasks cancelled, then the interpreter
+        # freeing everything), which takes longer than the whole drain: skip it.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _publish(args: argparse.Namespace) -> int:

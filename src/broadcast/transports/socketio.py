@@ -36,6 +36,7 @@ from litestar.handlers import ASGIRouteHandler
 from litestar.types import Receive, Scope, Send
 
 from broadcast.broker import Broker, BrokerUnavailable, Overflow, Subscriber, SubscriberClosed
+from broadcast.drain import SHUTTING_DOWN
 from broadcast.events import CHAT_MESSAGE, ERROR, Event
 from broadcast.identity import Identity
 from broadcast.limits import AddressLimit
@@ -44,6 +45,7 @@ from broadcast.replay import Missed, missed_since, replay_budget
 from broadcast.settings import Settings
 from broadcast.transports.direct import PUMP_BACKLOG, SLICE, Passes, socket_of
 from broadcast.transports.engineio_server import CONNECTION, Frame, decodable
+from broadcast.transports.socketio_rooms import IndexedManager
 from broadcast.transports.socketio_server import (
     NAMESPACE,
     RESERVED_EVENT,
@@ -118,6 +120,7 @@ class SocketIOTransport:
             # client's fault, each a line: a flood under attack) stay out.
             logger=_library_logger("socketio"),
             engineio_logger=_library_logger("engineio"),
+            client_manager=IndexedManager(),  # a disconnect in O(1), not O(clients)
         )
         self.server.admit = self._admit
         self.server.on_session_closed = self._on_session_closed
@@ -191,23 +194,20 @@ class SocketIOTransport:
                 await task
         self._tasks = []
 
-    async def close_all(self, flush_seconds: float = 1.0) -> None:
-        """Close every client's Engine.IO session: clients see a transport close and reconnect
-        (a Socket.IO-level disconnect would tell the official client not to). The close packets
-        get ``flush_seconds`` to go out: a long-polling client between two polls may never
-        come for its own, and must not hold up the others (python-engineio's own disconnect
-        waits for each client's queue in turn)."""
+    async def close_all(self) -> int:
+        """End every client's Engine.IO session as a transport close, so that every client
+        reconnects (elsewhere: ``broadcast serve`` has stopped listening). No Engine.IO close
+        packet: python-socketio's client takes one as a deliberate disconnect and never
+        reconnects. A no-op packet answers a pending long-poll (the next poll finds the node
+        gone); a websocket closes once its queue is sent. hypercorn waits for those writes.
+        Returns how many sessions it closed."""
         sockets = [s for s in self.server.eio.sockets.values() if not s.closed]
         for socket in sockets:
             with contextlib.suppress(Exception):
-                await socket.close(
-                    wait=False, abort=False, reason=self.server.reason.SERVER_DISCONNECT
-                )
-        flushing = [asyncio.ensure_future(socket.queue.join()) for socket in sockets]
-        if flushing:
-            _, pending = await asyncio.wait(flushing, timeout=flush_seconds)
-            for waiter in pending:
-                waiter.cancel()
+                await socket.close(wait=False, abort=True, reason=SHUTTING_DOWN)
+                socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+                socket.queue.put_nowait(None)  # ends the writer (websocket) or the next poll
+        return len(sockets)
 
     # ------------------------------------------------------------------ connections
 
@@ -298,7 +298,11 @@ class SocketIOTransport:
         # Why every client left: ordinary goodbyes (the client said so, or closed its
         # connection: a tab closed) at debug level, anything else (too slow, ping timeout, the
         # server's own disconnect) at info, so churn does not flood the log.
-        ordinary = (self.server.reason.CLIENT_DISCONNECT, self.server.reason.TRANSPORT_CLOSE)
+        ordinary = (
+            self.server.reason.CLIENT_DISCONNECT,
+            self.server.reason.TRANSPORT_CLOSE,
+            SHUTTING_DOWN,  # one line for the whole drain (app.py)
+        )
         level = logging.DEBUG if reason in ordinary else logging.INFO
         logger.log(level, "Socket.IO client %s (%s) left: %s", sid, client.address, reason)
         if reason == self.server.reason.CLIENT_DISCONNECT:

@@ -41,6 +41,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from broadcast.background import BackgroundTask
 from broadcast.broker import Broker, Overflow, Subscriber, SubscriberClosed
+from broadcast.drain import SHUTTING_DOWN
 from broadcast.events import Event
 from broadcast.identity import Identity
 from broadcast.limits import AddressLimit
@@ -181,6 +182,11 @@ class SSETransport:
         """The streams the pump writes to, in the order they joined (a dict: an ordered set)."""
         self._pump_subscriber: Subscriber | None = None
         self._pump = BackgroundTask("sse-pump")
+
+    @property
+    def streams(self) -> int:
+        """Streams open: those the pump writes to and those with a subscriber of their own."""
+        return len(self._pushed) + len(self._streams)
 
     async def start(self) -> None:
         self._pump_subscriber = self._broker.subscribe(PUMP_BACKLOG, Overflow.DROP_OLDEST)
@@ -326,7 +332,9 @@ class SSETransport:
                     batch, missed = _fresh(batch, missed)
                     self._delivered.inc(len(batch) - batch.count(KEEP_ALIVE))
                     yield b"".join(event.sse_frame for event in batch)
-            logger.info("closing an SSE stream: %s", reason)
+            # One line for the whole drain (app.py), not one per stream.
+            level = logging.DEBUG if reason == SHUTTING_DOWN else logging.INFO
+            logger.log(level, "closing an SSE stream: %s", reason)
             # EventSource reconnects after `retry` ms when a stream ends.
             yield self._retry_frame + f": {reason}\n\n".encode()
         except BaseException as exc:
