@@ -29,7 +29,7 @@ from broadcast.settings import ConfigError, load_settings
 ALLOCATOR = "malloc"
 """The allocator ``broadcast serve`` runs the server with, unless ``PYTHONMALLOC`` says
 otherwise: with glibc's, memory a peak of connections used goes back to the system once they
-leave; CPython's own keeps most of it (``memory.py``)."""
+leave; CPython's own keeps most of it (``memory_return.py``)."""
 
 
 def _with_allocator() -> None:
