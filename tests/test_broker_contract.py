@@ -14,6 +14,7 @@ from broadcast.broker import Backend, PresenceBackend, create_backends
 from broadcast.broker.redis import RedisBackend
 from broadcast.events import Event, EventId, parse_event_id
 from broadcast.settings import Settings
+from broadcast.supervisor import Supervisor
 from tests.support import RedisServer, until
 
 BACKENDS = ["memory", "redis"]
@@ -25,6 +26,8 @@ class Node:
 
     backend: Backend
     presence: PresenceBackend
+    supervisor: Supervisor = field(default_factory=Supervisor)
+    """Owns the backends' tasks (cancel them all to play a node killed without a goodbye)."""
     delivered: list[tuple[str, Event]] = field(default_factory=list)
     remote_totals: list[int] = field(default_factory=list)
 
@@ -56,12 +59,16 @@ async def make_node(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[]
         else 16 * 1024 * 1024,
     )
     nodes: list[Node] = []
+    supervisors: list[Supervisor] = []
 
     async def make() -> Node:
         backend, presence = create_backends(settings)
         node = Node(backend, presence)
-        await backend.start(lambda channel, event: node.delivered.append((channel, event)))
-        await presence.start(node.remote_totals.append)
+        supervisor = node.supervisor
+        supervisors.append(supervisor)
+        deliver = node.delivered.append
+        await backend.start(lambda channel, event: deliver((channel, event)), supervisor)
+        await presence.start(node.remote_totals.append, supervisor)
         await until(lambda: backend.unavailable_reason is None, 5, "the backend to connect")
         await until(lambda: presence.unavailable_reason is None, 5, "presence to connect")
         nodes.append(node)
@@ -71,6 +78,8 @@ async def make_node(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[]
     for node in nodes:
         await node.presence.stop()
         await node.backend.stop()
+    for supervisor in supervisors:
+        await supervisor.stop()
 
 
 async def test_a_published_event_is_delivered_once_with_its_id(
@@ -135,8 +144,7 @@ async def test_nodes_see_each_others_counts_and_a_silent_node_expires(
     await until(lambda: one.remote_total == 7, 1, "node three's share to go")
 
     # A node that stops refreshing (as if killed) drops out within the TTL (1 s here).
-    for task in two.presence._tasks:  # type: ignore[attr-defined]
-        task.cancel()
+    await two.supervisor.stop()
     await until(lambda: one.remote_total == 0, 3, "node two's share to expire")
 
 

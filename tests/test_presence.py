@@ -8,12 +8,13 @@ from broadcast.broker import Broker, Subscriber
 from broadcast.broker.memory import MemoryBackend, MemoryPresence
 from broadcast.events import USER_COUNT
 from broadcast.presence import CountAnnouncer, Presence
+from broadcast.supervisor import Supervisor
 from tests.support import until
 
 
 async def started_broker() -> Broker:
     broker = Broker(MemoryBackend())
-    await broker.start()
+    await broker.start(Supervisor())
     return broker
 
 

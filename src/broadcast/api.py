@@ -10,6 +10,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from broadcast.broker import Broker
 from broadcast.metrics import CONTENT_TYPE_LATEST
 from broadcast.presence import TRANSPORTS, Presence
+from broadcast.supervisor import Supervisor
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,9 @@ class Readiness:
     """Why not ready (empty when ready)."""
 
 
-def create_api_router(broker: Broker, presence: Presence, broker_scheme: str) -> Router:
+def create_api_router(
+    broker: Broker, presence: Presence, supervisor: Supervisor, broker_scheme: str
+) -> Router:
     @get("/stats", summary="Connected users and connections per transport", tags=["operations"])
     async def stats() -> Stats:
         return Stats(
@@ -70,11 +73,11 @@ def create_api_router(broker: Broker, presence: Presence, broker_scheme: str) ->
         )
 
     def reasons() -> list[str]:
-        return [
-            reason
-            for reason in (broker.backend.unavailable_reason, presence.backend.unavailable_reason)
-            if reason is not None
-        ]
+        backends = (broker.backend.unavailable_reason, presence.backend.unavailable_reason)
+        # A crashed task (a fan-out pump, say) is not ready until it has been restarted.
+        return [reason for reason in backends if reason is not None] + list(
+            supervisor.down.values()
+        )
 
     broker.metrics.watch(
         connections=presence.connections.__getitem__,

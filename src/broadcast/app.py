@@ -33,6 +33,7 @@ from broadcast.metrics import Metrics
 from broadcast.presence import Presence
 from broadcast.publish import create_publish_router, publish_tokens
 from broadcast.settings import ConfigError, Settings, load_settings, redact_url
+from broadcast.supervisor import Supervisor
 from broadcast.transports.direct import SERVER_SEND
 from broadcast.transports.socketio import SocketIOTransport
 from broadcast.transports.sse import SSETransport
@@ -129,13 +130,17 @@ def create_app(settings: Settings) -> BroadcastApp:
     tokens = publish_tokens(settings)
     static = static_directory()
 
+    # Every long-lived task of the app: a crash is logged, counted, shown in /readyz, and the
+    # task restarted (``supervisor.py``).
+    supervisor = Supervisor(on_crash=lambda task: metrics.task_crashes.labels(task).inc())
+
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        await broker.start()
-        await presence.start()
-        await socketio_transport.start()
-        await sse_transport.start()
-        watchdog.start()
+        await broker.start(supervisor)
+        await presence.start(supervisor)
+        await socketio_transport.start(supervisor)
+        await sse_transport.start(supervisor)
+        supervisor.start("send-watchdog", watchdog.run)
         # Fan-out allocates many short-lived objects per delivery; CPython's default collector
         # thresholds (700) then run a collection every few hundred deliveries, mostly over
         # long-lived state. Freeze what startup made and collect the young generation less often.
@@ -144,17 +149,18 @@ def create_app(settings: Settings) -> BroadcastApp:
         # The price: cycles left by departed connections wait long for a full collection. This
         # collects them and hands freed memory back to the OS once the audience has shrunk.
         memory = MemoryReturn.for_this_platform(lambda: presence.local_users)
-        memory.start()
+        supervisor.start("memory-return", memory.run)
         logger.info("broadcast %s serving; broker %s", __version__, redact_url(settings.broker_url))
         try:
             yield
         finally:
-            await memory.stop()
-            await watchdog.stop()
+            await supervisor.cancel("memory-return")
+            await supervisor.cancel("send-watchdog")
             await sse_transport.stop()
             await socketio_transport.stop()
             await presence.stop()
             await broker.stop()
+            await supervisor.stop()  # anything left
 
     gate = drain.Gate()
 
@@ -176,7 +182,7 @@ def create_app(settings: Settings) -> BroadcastApp:
         route_handlers=[
             index,
             create_static_files_router(path="/static", directories=[static]),
-            create_api_router(broker, presence, urlsplit(settings.broker_url).scheme),
+            create_api_router(broker, presence, supervisor, urlsplit(settings.broker_url).scheme),
             create_publish_router(settings, broker, tokens),
             sse_transport.route_handler(),
             socketio_transport.route_handler(),

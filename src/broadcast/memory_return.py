@@ -35,8 +35,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from broadcast.background import BackgroundTask
-
 logger = logging.getLogger(__name__)
 
 
@@ -102,7 +100,6 @@ class MemoryReturn:
         self._followup_at: float | None = None
         self._checked: tuple[float, float] | None = None  # (wall, cpu) at the last check
         self.releases = 0
-        self._task = BackgroundTask("memory-return")
 
     @classmethod
     def for_this_platform(cls, connections: Callable[[], int]) -> MemoryReturn:
@@ -151,18 +148,8 @@ class MemoryReturn:
             (time.perf_counter() - t0) * 1000,
         )
 
-    def start(self) -> None:
-        self._task.start(self.run())
-
-    async def stop(self) -> None:
-        await self._task.stop()
-
     async def run(self) -> None:
-        """Check every ``check_seconds`` until cancelled."""
+        """Check every ``check_seconds`` until cancelled (a supervised task: ``app.py``)."""
         while True:
             await asyncio.sleep(self.policy.check_seconds)
-            try:
-                self.check(time.monotonic(), time.process_time())
-            except Exception:  # never let this housekeeping take the server down
-                logger.exception("memory return failed; not trying again")
-                return
+            self.check(time.monotonic(), time.process_time())

@@ -80,6 +80,13 @@ class Metrics:
             "1 when the broker can deliver (the backend and presence reachable), else 0",
             registry=registry,
         )
+        self.task_crashes = Counter(
+            "broadcast_task_crashes",
+            "Long-lived tasks (fan-out pumps, keep-alive, watchdog, broker loops) that crashed, "
+            "each logged with its traceback and restarted, by task",
+            ["task"],
+            registry=registry,
+        )
         self.publish_seconds = Histogram(
             "broadcast_publish_seconds",
             "Time to hand a published event to the broker",

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from broadcast.broker import Broker, PresenceBackend
 from broadcast.events import USER, USER_COUNT, Event
 from broadcast.metrics import Metrics
+from broadcast.supervisor import Supervisor
 
 TRANSPORTS = ("socketio", "sse")
 
@@ -90,8 +91,8 @@ class Presence:
         """Users connected to every node (this one's exact; the others' as last reported)."""
         return self.local_users + self.remote_users
 
-    async def start(self) -> None:
-        await self.backend.start(self._remote_total_changed)
+    async def start(self, supervisor: Supervisor) -> None:
+        await self.backend.start(self._remote_total_changed, supervisor)
 
     def _window(self) -> float:
         # Every announcement is one frame per client of this node, so under a storm the window

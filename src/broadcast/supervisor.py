@@ -83,16 +83,18 @@ class Supervisor:
             and supervised.reason is None
         )
 
+    async def cancel(self, name: str) -> None:
+        """Stop the task ``name`` (its owner is stopping), if it runs."""
+        supervised = self._tasks.pop(name, None)
+        if supervised is not None and supervised.task is not None:
+            await _cancel(supervised.task)
+
     async def stop(self) -> None:
         """Cancel every task, the last started first, and wait for each."""
         self._stopping = True
         for supervised in reversed(list(self._tasks.values())):
-            task = supervised.task
-            if task is None:
-                continue
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if supervised.task is not None:
+                await _cancel(supervised.task)
         self._tasks.clear()
         self._stopping = False
 
@@ -126,3 +128,13 @@ class Supervisor:
         )
         if self._on_crash is not None:
             self._on_crash(supervised.name)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it, cancelling again if a cancellation was swallowed
+    (redis-py swallows one that lands in the middle of a command)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task

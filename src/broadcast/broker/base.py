@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from broadcast.events import Event, EventId
+from broadcast.supervisor import Supervisor
 
 DeliverCallback = Callable[[str, Event], None]
 """Called with ``(channel, event)`` for every event published on any node."""
@@ -46,8 +47,9 @@ class Backend(Protocol):
     def unavailable_reason(self) -> str | None:
         """Why events cannot be published or received now; ``None`` when all is well."""
 
-    async def start(self, deliver: DeliverCallback) -> None:
-        """Connect (or keep trying in the background) and hand received events to ``deliver``."""
+    async def start(self, deliver: DeliverCallback, supervisor: Supervisor) -> None:
+        """Connect (or keep trying in the background, in tasks ``supervisor`` owns) and hand
+        received events to ``deliver``."""
 
     async def stop(self) -> None:
         """Disconnect; no event is delivered afterwards."""
@@ -72,7 +74,7 @@ class PresenceBackend(Protocol):
     def unavailable_reason(self) -> str | None:
         """Why the other nodes' counts are not known now; ``None`` when all is well."""
 
-    async def start(self, on_remote_total: RemoteTotalCallback) -> None:
+    async def start(self, on_remote_total: RemoteTotalCallback, supervisor: Supervisor) -> None:
         """Register this node and start reporting the other nodes' total."""
 
     def local_changed(self, local_count: int) -> None:

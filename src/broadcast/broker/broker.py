@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 
@@ -11,6 +10,7 @@ from broadcast.broker.base import Backend, BrokerUnavailable, History
 from broadcast.broker.hub import EventSize, Hub, Overflow, Subscriber
 from broadcast.events import Event, EventId
 from broadcast.metrics import Metrics
+from broadcast.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -27,18 +27,17 @@ class Broker:
         # in order by one task, so a client's "joined" never overtakes its "left".
         self._outbox: deque[tuple[str, Event]] = deque()
         self._outbox_ready = asyncio.Event()
-        self._outbox_task: asyncio.Task[None] | None = None
+        self._supervisor: Supervisor | None = None
 
-    async def start(self) -> None:
-        await self.backend.start(self._received)
-        self._outbox_task = asyncio.create_task(self._send_outbox(), name="broker-outbox")
+    async def start(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+        await self.backend.start(self._received, supervisor)
+        supervisor.start("broker-outbox", self._send_outbox)
 
     async def stop(self, reason: str = "server shutting down") -> None:
         self.hub.close_all(reason)
-        if self._outbox_task is not None:
-            self._outbox_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._outbox_task
+        if self._supervisor is not None:
+            await self._supervisor.cancel("broker-outbox")
         await self.backend.stop()
 
     def _received(self, channel: str, event: Event) -> None:

@@ -22,6 +22,7 @@ import orjson
 
 from broadcast.broker.base import DeliverCallback, History, RemoteTotalCallback, complete_after
 from broadcast.events import Event, EventId, new_epoch
+from broadcast.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class MemoryBackend:
         self._history_bytes = history_bytes
         self._sibling_lock: int | None = None
 
-    async def start(self, deliver: DeliverCallback) -> None:
+    async def start(self, deliver: DeliverCallback, supervisor: Supervisor) -> None:
         self._deliver = deliver
         self._warn_if_a_sibling_worker_runs()
 
@@ -150,7 +151,7 @@ class MemoryBackend:
 class MemoryPresence:
     unavailable_reason: str | None = None
 
-    async def start(self, on_remote_total: RemoteTotalCallback) -> None:
+    async def start(self, on_remote_total: RemoteTotalCallback, supervisor: Supervisor) -> None:
         pass
 
     def local_changed(self, local_count: int) -> None:

@@ -41,6 +41,7 @@ from broadcast.broker.base import (
     complete_after,
 )
 from broadcast.events import Event, EventId, new_epoch
+from broadcast.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -172,29 +173,17 @@ def _raise_if_cancelling() -> None:
         raise asyncio.CancelledError
 
 
-async def _stop(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait for it, cancelling again if a cancellation was swallowed."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.5)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 async def _until_cancelled(
     what: str, health: _Health, backoff: Backoff, attempt: Callable[[], Awaitable[None]]
 ) -> None:
-    """Run ``attempt`` again and again: an outage is reported and retried, never fatal."""
+    """Run ``attempt`` again and again: an outage is reported and retried, never fatal. (A bug,
+    any other exception, goes to the supervisor, which logs, counts and restarts the loop.)"""
     while True:
         try:
             await attempt()
         except CONNECTION_ERRORS as exc:
             _raise_if_cancelling()  # a cancellation redis-py turned into a connection error
             health.lost(exc)
-        except Exception:
-            # A bug, not an outage: say so loudly, but keep the node serving.
-            logger.exception("%s failed; restarting it", what)
-            health.reason = f"{what} failed unexpectedly"
         await backoff.wait()
 
 
@@ -220,22 +209,23 @@ class RedisBackend:
         self._health = _Health("events")
         self._backoff = Backoff(reconnect_max_seconds)
         self._deliver: DeliverCallback | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._supervisor: Supervisor | None = None
 
     @property
     def unavailable_reason(self) -> str | None:
         return self._health.reason
 
-    async def start(self, deliver: DeliverCallback) -> None:
+    async def start(self, deliver: DeliverCallback, supervisor: Supervisor) -> None:
         self._deliver = deliver
-        self._task = asyncio.create_task(
-            _until_cancelled("events", self._health, self._backoff, self._listen),
-            name="redis-events",
+        self._supervisor = supervisor
+        supervisor.start(
+            "redis-events",
+            lambda: _until_cancelled("events", self._health, self._backoff, self._listen),
         )
 
     async def stop(self) -> None:
-        if self._task is not None:
-            await _stop(self._task)
+        if self._supervisor is not None:
+            await self._supervisor.cancel("redis-events")
         with contextlib.suppress(*CONNECTION_ERRORS):
             await self._redis.aclose()
 
@@ -335,22 +325,30 @@ class RedisPresence:
         self._wake = asyncio.Event()
         self._remote: int | None = None
         self._on_remote_total: RemoteTotalCallback | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._supervisor: Supervisor | None = None
 
     @property
     def unavailable_reason(self) -> str | None:
         return self._health.reason or self._listener_health.reason
 
-    async def start(self, on_remote_total: RemoteTotalCallback) -> None:
+    async def start(self, on_remote_total: RemoteTotalCallback, supervisor: Supervisor) -> None:
         self._on_remote_total = on_remote_total
-        sync = _until_cancelled("presence", self._health, self._sync_backoff, self._sync_forever)
-        listen = _until_cancelled(
-            "presence notifications", self._listener_health, self._listen_backoff, self._listen
+        self._supervisor = supervisor
+        supervisor.start(
+            "redis-presence",
+            lambda: _until_cancelled(
+                "presence", self._health, self._sync_backoff, self._sync_forever
+            ),
         )
-        self._tasks = [
-            asyncio.create_task(sync, name="redis-presence"),
-            asyncio.create_task(listen, name="redis-presence-notifications"),
-        ]
+        supervisor.start(
+            "redis-presence-notifications",
+            lambda: _until_cancelled(
+                "presence notifications",
+                self._listener_health,
+                self._listen_backoff,
+                self._listen,
+            ),
+        )
 
     def local_changed(self, local_count: int) -> None:
         self._local = local_count
@@ -358,8 +356,9 @@ class RedisPresence:
         self._wake.set()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            await _stop(task)
+        if self._supervisor is not None:
+            await self._supervisor.cancel("redis-presence")
+            await self._supervisor.cancel("redis-presence-notifications")
         with contextlib.suppress(*CONNECTION_ERRORS):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(self._node_key)

@@ -22,7 +22,6 @@ as gone at once. A websocket write that blocks longer than ``BROADCAST_SEND_TIME
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from broadcast.limits import AddressLimit
 from broadcast.presence import Presence
 from broadcast.replay import Missed, missed_since, replay_budget
 from broadcast.settings import Settings
+from broadcast.supervisor import Supervisor
 from broadcast.transports.direct import PUMP_BACKLOG, SLICE, Passes, socket_of
 from broadcast.transports.engineio_server import CONNECTION, Frame, decodable
 from broadcast.transports.socketio_rooms import IndexedManager
@@ -142,7 +142,7 @@ class SocketIOTransport:
         self._metrics = broker.metrics
         self._delivered = broker.metrics.delivered.labels(TRANSPORT)
         self._fanout_seconds = broker.metrics.fanout_seconds.labels(TRANSPORT)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._supervisor: Supervisor | None = None
         self._subscriber: Subscriber | None = None
         self._owed = _Owed((-1, -1), [])
         """The events last sent, by their span of indexes (most clients in a pass are owed the
@@ -182,17 +182,19 @@ class SocketIOTransport:
 
         return socketio_endpoint
 
-    async def start(self) -> None:
+    async def start(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+        # One subscriber for the transport's life: a pump that crashed and was restarted takes
+        # up where it was (the clients' positions count this subscriber's events).
         subscriber = self._subscriber = self._broker.subscribe(PUMP_BACKLOG, Overflow.DROP_OLDEST)
-        self._tasks = [asyncio.create_task(self._pump(subscriber), name="socketio-pump")]
+        supervisor.start("socketio-pump", lambda: self._pump(subscriber))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        if self._supervisor is not None:
+            await self._supervisor.cancel("socketio-pump")
+        if self._subscriber is not None:
+            self._broker.unsubscribe(self._subscriber)
+            self._subscriber = None
 
     async def close_all(self) -> int:
         """End every client's Engine.IO session as a transport close, so that every client
@@ -385,9 +387,7 @@ class SocketIOTransport:
                     await self._evict(eio_sid)
                 self._too_slow.clear()
         except SubscriberClosed:
-            pass
-        finally:
-            self._broker.unsubscribe(subscriber)
+            pass  # the transport is closing (shutdown): the pump has finished
 
     async def _send(self, client: _Client, eio_sid: str, owed: _Owed) -> int:
         """Send one client the events it is owed, after what it was already sent; how many.

@@ -39,7 +39,6 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import Parameter
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from broadcast.background import BackgroundTask
 from broadcast.broker import Broker, Overflow, Subscriber, SubscriberClosed
 from broadcast.drain import SHUTTING_DOWN
 from broadcast.events import Event
@@ -48,6 +47,7 @@ from broadcast.limits import AddressLimit
 from broadcast.presence import Presence
 from broadcast.replay import Missed, missed_since, replay_budget
 from broadcast.settings import Settings
+from broadcast.supervisor import Supervisor
 from broadcast.transports.direct import (
     PUMP_BACKLOG,
     SLICE,
@@ -177,25 +177,30 @@ class SSETransport:
         self._delivered = broker.metrics.delivered.labels(TRANSPORT)
         self._fanout_seconds = broker.metrics.fanout_seconds.labels(TRANSPORT)
         self._streams: set[Subscriber] = set()
-        self._keep_alive = BackgroundTask("sse-keep-alive")
         self._pushed: dict[_PushedStream, None] = {}
         """The streams the pump writes to, in the order they joined (a dict: an ordered set)."""
         self._pump_subscriber: Subscriber | None = None
-        self._pump = BackgroundTask("sse-pump")
+        self._supervisor: Supervisor | None = None
 
     @property
     def streams(self) -> int:
         """Streams open: those the pump writes to and those with a subscriber of their own."""
         return len(self._pushed) + len(self._streams)
 
-    async def start(self) -> None:
-        self._pump_subscriber = self._broker.subscribe(PUMP_BACKLOG, Overflow.DROP_OLDEST)
-        self._pump.start(self._write_to_pushed(self._pump_subscriber))
-        self._keep_alive.start(self._send_keep_alives())
+    async def start(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+        # One subscriber for the transport's life: a pump that crashed and was restarted takes
+        # up where it was (the streams' positions count this subscriber's events).
+        subscriber = self._pump_subscriber = self._broker.subscribe(
+            PUMP_BACKLOG, Overflow.DROP_OLDEST
+        )
+        supervisor.start("sse-pump", lambda: self._write_to_pushed(subscriber))
+        supervisor.start("sse-keep-alive", self._send_keep_alives)
 
     async def stop(self) -> None:
-        await self._keep_alive.stop()
-        await self._pump.stop()
+        if self._supervisor is not None:
+            await self._supervisor.cancel("sse-keep-alive")
+            await self._supervisor.cancel("sse-pump")
         if self._pump_subscriber is not None:
             self._broker.unsubscribe(self._pump_subscriber)
             self._pump_subscriber = None

@@ -28,7 +28,6 @@ from typing import Any
 from litestar.types import Receive, Send
 from prometheus_client import Counter
 
-from broadcast.background import BackgroundTask
 from broadcast.transports.direct import Socket
 
 logger = logging.getLogger(__name__)
@@ -144,7 +143,6 @@ class SendWatchdog:
         self.timeout = timeout
         self._evicted = evicted
         self._watched: set[WatchedConnection] = set()
-        self._task = BackgroundTask("send-watchdog")
 
     def watch(
         self,
@@ -169,13 +167,8 @@ class SendWatchdog:
             connection.expire()
         return len(stuck)
 
-    def start(self) -> None:
-        self._task.start(self._run())
-
-    async def stop(self) -> None:
-        await self._task.stop()
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Sweep until cancelled (a supervised task: ``app.py``)."""
         while True:
             await asyncio.sleep(min(1.0, self.timeout / 4))
             if expired := self.sweep():

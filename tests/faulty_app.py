@@ -1,0 +1,44 @@
+"""A server whose fan-out pumps crash on one event (``tests/test_supervised_tasks.py``): the app
+as ``create_app`` makes it, with a fault injected below the transports. Test-only.
+
+Publishing ``crash-the-pump`` makes each transport's pump raise once it has taken that event
+from its subscriber (as a bug in an encoder would). Restarts wait ``RESTART_SECONDS``, long
+enough for a test to see the task reported down in ``/readyz``.
+
+Served by ``hypercorn tests.faulty_app:app``; settings come from the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Litestar
+
+from broadcast import supervisor
+from broadcast.app import create_app
+from broadcast.settings import load_settings
+from broadcast.transports import direct
+
+CRASH = "crash-the-pump"
+RESTART_SECONDS = 1.5
+
+supervisor.FIRST_DELAY = RESTART_SECONDS
+_start = direct.Passes.start
+
+
+def _name(item: object) -> str | None:
+    event = getattr(item, "event", item)  # an Event, or an entry that carries one
+    name = getattr(event, "name", None)
+    return name if isinstance(name, str) else None
+
+
+async def _start_then_crash(self: direct.Passes[Any]) -> None:
+    await _start(self)
+    if any(_name(item) == CRASH for item in self.log.items):
+        self.log.items.clear()  # the poison is gone: the restarted pump carries on
+        raise RuntimeError(f"injected fault: {CRASH!r}")
+
+
+direct.Passes.start = _start_then_crash  # type: ignore[method-assign]
+
+app: Litestar = create_app(load_settings())
