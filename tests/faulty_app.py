@@ -14,16 +14,15 @@ from typing import Any
 
 from litestar import Litestar
 
-from broadcast import supervisor
+from broadcast import fanout, supervisor
 from broadcast.app import create_app
 from broadcast.settings import load_settings
-from broadcast.transports import direct
 
 CRASH = "crash-the-pump"
 RESTART_SECONDS = 1.5
 
 supervisor.FIRST_DELAY = RESTART_SECONDS
-_start = direct.Passes.start
+_start = fanout.Passes.start
 
 
 def _name(item: object) -> str | None:
@@ -32,13 +31,13 @@ def _name(item: object) -> str | None:
     return name if isinstance(name, str) else None
 
 
-async def _start_then_crash(self: direct.Passes[Any]) -> None:
+async def _start_then_crash(self: fanout.Passes[Any]) -> None:
     await _start(self)
     if any(_name(item) == CRASH for item in self.log.items):
         self.log.items.clear()  # the poison is gone: the restarted pump carries on
         raise RuntimeError(f"injected fault: {CRASH!r}")
 
 
-direct.Passes.start = _start_then_crash  # type: ignore[method-assign]
+fanout.Passes.start = _start_then_crash  # type: ignore[method-assign]
 
 app: Litestar = create_app(load_settings())

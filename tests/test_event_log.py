@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broadcast.transports.direct import EventLog
+from broadcast.fanout import EventLog
 
 
 def test_positions_get_exactly_what_they_are_owed_across_additions_and_trims() -> None:

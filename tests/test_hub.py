@@ -8,6 +8,7 @@ import pytest
 
 from broadcast.broker import Hub, Overflow, SubscriberClosed
 from broadcast.events import Event
+from broadcast.eviction import SHUTTING_DOWN
 
 
 def event(number: int) -> Event:
@@ -60,7 +61,7 @@ async def test_close_all_wakes_consumers_with_the_reason() -> None:
     subscriber = hub.subscribe("c", 10)
     waiting = asyncio.create_task(subscriber.next_batch())
     await asyncio.sleep(0)
-    hub.close_all("server shutting down")
+    hub.close_all(SHUTTING_DOWN)
     with pytest.raises(SubscriberClosed, match="server shutting down"):
         await asyncio.wait_for(waiting, 5)
 

@@ -249,6 +249,30 @@ async def test_a_polling_close_packet_answers_the_pending_poll(server: Server) -
         assert (await http.get(url)).status_code == 400
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"4\x1e5",  # a message, then an upgrade packet on a polling session (found by fuzzing)
+        b"-1",  # no such packet type
+        b"4" + b"\x1e4" * 20,  # more packets than python-engineio takes in one payload
+        b"4" + b"[" * 5000,  # JSON nested past Python's recursion limit
+    ],
+)
+async def test_a_polling_post_it_cannot_decode_gets_a_4xx_and_one_log_line(
+    server: Server, body: bytes
+) -> None:
+    async with httpx.AsyncClient(timeout=PROMPTLY) as http:
+        opening = await http.get(f"{server.url}{EIO}&transport=polling")
+        url = f"{server.url}{EIO}&transport=polling&sid={json.loads(opening.text[1:])['sid']}"
+        await http.post(url, content=b'40{"username":"mallory"}')
+        response = await http.post(url, content=body)
+        assert response.status_code < 500, response.text
+        assert (await http.get(f"{server.url}/healthz")).status_code == 200
+    log = server.log()
+    assert "Traceback" not in log
+    assert "Internal Server Error" not in log
+
+
 # ---------------------------------------------------------------------------- upgrades
 
 

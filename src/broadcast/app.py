@@ -26,12 +26,14 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from broadcast import __version__, drain, logs
 from broadcast.api import create_api_router
 from broadcast.broker import Broker, create_backends
+from broadcast.eviction import SHUTTING_DOWN
 from broadcast.identity import Identity
 from broadcast.limits import AddressLimit
 from broadcast.memory_return import MemoryReturn
 from broadcast.metrics import Metrics
 from broadcast.presence import Presence
 from broadcast.publish import create_publish_router, publish_tokens
+from broadcast.session import Sessions
 from broadcast.settings import ConfigError, Settings, load_settings, redact_url
 from broadcast.supervisor import Supervisor
 from broadcast.transports.direct import SERVER_SEND
@@ -123,10 +125,9 @@ def create_app(settings: Settings) -> BroadcastApp:
     identity = Identity(settings.jwt_secret, settings.identity_required)
     addresses = AddressLimit(settings.max_connections_per_address)
     watchdog = SendWatchdog(settings.send_timeout_seconds, metrics.evicted)
-    socketio_transport = SocketIOTransport(
-        settings, broker, presence, identity, addresses, watchdog
-    )
-    sse_transport = SSETransport(settings, broker, presence, identity, addresses, watchdog)
+    sessions = Sessions(broker, presence, identity, settings.client_buffer_bytes)
+    socketio_transport = SocketIOTransport(settings, broker, sessions, addresses, watchdog)
+    sse_transport = SSETransport(settings, broker, sessions, addresses, watchdog)
     tokens = publish_tokens(settings)
     static = static_directory()
 
@@ -170,7 +171,7 @@ def create_app(settings: Settings) -> BroadcastApp:
         hypercorn's graceful wait, which then has nothing to wait for)."""
         gate.draining = True
         streams = sse_transport.streams
-        broker.hub.close_all(drain.SHUTTING_DOWN)
+        broker.hub.close_all(SHUTTING_DOWN)
         sessions = await socketio_transport.close_all()
         logger.info("closing %d SSE streams and %d Socket.IO sessions", streams, sessions)
 

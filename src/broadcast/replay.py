@@ -45,6 +45,27 @@ class Missed:
         )
 
 
+class ReplayFilter:
+    """The one place that skips the live events a resuming client already had from its replay
+    (the history can be ahead of the live stream), until the first it had not: from there on,
+    every live event is new to it (``done``)."""
+
+    __slots__ = ("done", "missed")
+
+    def __init__(self, missed: Missed) -> None:
+        self.missed = missed
+        self.done = missed.replayed_to is None
+
+    def fresh(self, events: list[Event]) -> list[Event]:
+        """The events of ``events`` the client has not had."""
+        if self.done:
+            return events
+        kept = [event for event in events if not self.missed.is_replayed(event)]
+        # Ids order a stream's events: once one is new, every later one is too.
+        self.done = any(event.id is not None for event in kept)
+        return kept
+
+
 def replay_budget(client_buffer_bytes: int) -> int:
     """The bytes of events one replay may send: half a client's buffer, so that live events have
     room while it drains (a client over its buffer is disconnected as too slow)."""

@@ -9,6 +9,7 @@ from collections import deque
 from broadcast.broker.base import Backend, BrokerUnavailable, History
 from broadcast.broker.hub import EventSize, Hub, Overflow, Subscriber
 from broadcast.events import Event, EventId
+from broadcast.eviction import SHUTTING_DOWN, Evicted
 from broadcast.metrics import Metrics
 from broadcast.supervisor import Supervisor
 
@@ -34,7 +35,7 @@ class Broker:
         await self.backend.start(self._received, supervisor)
         supervisor.start("broker-outbox", self._send_outbox)
 
-    async def stop(self, reason: str = "server shutting down") -> None:
+    async def stop(self, reason: Evicted = SHUTTING_DOWN) -> None:
         self.hub.close_all(reason)
         if self._supervisor is not None:
             await self._supervisor.cancel("broker-outbox")

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from enum import Enum
 
 from broadcast.events import Event
+from broadcast.eviction import Evicted, Eviction
 
 
 class Overflow(Enum):
@@ -29,8 +30,8 @@ class Overflow(Enum):
 class SubscriberClosed(Exception):
     """The subscriber was closed; ``reason`` says why (slow consumer, shutdown)."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: Evicted) -> None:
+        super().__init__(str(reason))
         self.reason = reason
 
 
@@ -66,8 +67,8 @@ class Subscriber:
         self.backlog: list[Event] = []
         self.backlog_bytes = 0
         self.dropped = 0
-        self.closed_reason: str | None = None
-        self.on_close: Callable[[str], None] | None = None
+        self.closed_reason: Evicted | None = None
+        self.on_close: Callable[[Evicted], None] | None = None
         """Called with the reason when the subscriber is closed (its consumer may be blocked
         elsewhere and learn it only later)."""
         self.waiting_since: float | None = None
@@ -85,14 +86,16 @@ class Subscriber:
             return
         if len(self.backlog) >= self.max_backlog:
             if self.overflow is Overflow.CLOSE:
-                self.close(f"too slow: {self.max_backlog} events waiting to be sent")
+                self.close(
+                    Evicted(Eviction.TOO_SLOW, f"{self.max_backlog} events waiting to be sent")
+                )
                 return
             self._drop_oldest()
         if self.max_bytes is not None and self._size is not None:
             size = self._size(event)
             while self.backlog and self.backlog_bytes + size > self.max_bytes:
                 if self.overflow is Overflow.CLOSE:
-                    self.close(f"too slow: over {self.max_bytes} bytes waiting to be sent")
+                    self.close(Evicted.over_budget(self.max_bytes))
                     return
                 self._drop_oldest()
             self.backlog_bytes += size
@@ -108,7 +111,7 @@ class Subscriber:
             self.backlog_bytes -= self._size(dropped)
         self.dropped += 1
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: Evicted) -> None:
         """Stop this subscriber: its consumer gets ``SubscriberClosed(reason)`` at once."""
         if self.closed_reason is None:
             self.closed_reason = reason
@@ -175,7 +178,7 @@ class Hub:
         for subscriber in self._channels.get(channel, ()):
             subscriber.offer(event)
 
-    def close_all(self, reason: str) -> None:
+    def close_all(self, reason: Evicted) -> None:
         for subscribers in self._channels.values():
             for subscriber in subscribers:
                 subscriber.close(reason)

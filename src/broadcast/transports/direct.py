@@ -24,67 +24,11 @@ buffer grows past ``BROADCAST_CLIENT_BUFFER_BYTES`` is disconnected as too slow.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterable
-from typing import Any, Generic, Protocol, TypeVar
-
-from broadcast.broker import Subscriber
-from broadcast.events import Event
-
-T = TypeVar("T")
+from collections.abc import Callable
+from typing import Any, Protocol
 
 SERVER_SEND = "broadcast.server_send"
 """The scope key under which the app keeps the ASGI server's own ``send``."""
-
-PUMP_BACKLOG = 100_000
-"""The events a transport's pump may have waiting. A pump drains its queue without ever waiting on
-a client, so this bound is only reached if the event loop itself is starved; dropping the oldest
-then is better than stopping them all."""
-
-SLICE = 16
-"""Clients written to between two returns to the event loop. A write costs about 10 µs (most of
-it the kernel's: a loopback ``send`` is about 8 µs here), so a pass over 5,000 clients is 50 ms;
-returning to the loop often lets new publishes in meanwhile, and the pass takes their events
-along (``EventLog``): the clients it has yet to reach get them in the same write."""
-
-
-class EventLog(Generic[T]):
-    """The events a pump still owes some of its clients, by index (the ``Subscriber.offered``
-    numbering): each client holds a position, the index of the next event it is owed.
-
-    Why: a pass over thousands of clients takes tens of ms, and events keep coming meanwhile.
-    Rather than waiting for the pass to end, the pump adds them here as it goes (``add``), so
-    the clients it has not reached yet get them in the same write, and only those it had
-    already passed need another pass. An event then waits at most one pass, not two, and each
-    client still gets one write per pass however many events arrived."""
-
-    def __init__(self) -> None:
-        self.items: list[T] = []
-        self.start = 0
-        """The index of ``items[0]``."""
-
-    @property
-    def head(self) -> int:
-        """The index of the next event to come."""
-        return self.start + len(self.items)
-
-    def add(self, first: int, items: list[T]) -> None:
-        """Add ``items``, the first of which has index ``first`` (the log's ``head`` unless it
-        is empty: a pump takes its subscriber's events in order)."""
-        if not self.items:
-            self.start = first
-        self.items.extend(items)
-
-    def since(self, position: int) -> list[T]:
-        """The events from ``position`` on."""
-        return self.items[max(0, position - self.start) :]
-
-    def trim(self, keep_from: int) -> None:
-        """Forget the events before ``keep_from`` (every client is past them)."""
-        drop = min(len(self.items), keep_from - self.start)
-        if drop > 0:
-            del self.items[:drop]
-            self.start += drop
 
 
 class Socket(Protocol):
@@ -150,47 +94,3 @@ def body_framing(scope: Any) -> Callable[[bytes], bytes] | None:
     if version == "1.0":
         return bytes
     return None
-
-
-class Passes(Generic[T]):
-    """A transport pump's passes over its clients: the events it takes from its subscriber,
-    encoded (``encode``) into its log, and the timing of each pass.
-
-    A pump runs ``await start()``, then visits its clients, calling ``await breathe()`` every
-    ``SLICE`` of them and sending each what the log owes it, then ``end(positions)``."""
-
-    def __init__(self, subscriber: Subscriber, encode: Callable[[list[Event]], list[T]]) -> None:
-        self.subscriber = subscriber
-        self.log: EventLog[T] = EventLog()
-        self._encode = encode
-        self._behind = False  # clients the last pass had already reached when events joined it
-        self._since = 0.0  # when the oldest event not yet sent to every client was queued
-        self._joined_since = 0.0
-
-    async def start(self) -> None:
-        """Wait for events, unless the last pass left clients behind; raises
-        ``SubscriberClosed`` when the subscriber is closed."""
-        subscriber = self.subscriber
-        batch = subscriber.take() if self._behind else await subscriber.next_batch()
-        if batch:
-            self._since = self._since if self._behind else subscriber.batch_since
-            self.log.add(subscriber.offered - len(batch), self._encode(batch))
-        self._behind, self._joined_since = False, 0.0
-
-    async def breathe(self) -> None:
-        """Return to the event loop, so publishes get in; their events join this pass."""
-        await asyncio.sleep(0)
-        subscriber = self.subscriber
-        more = subscriber.take()
-        if more:
-            self._joined_since = self._joined_since or subscriber.batch_since
-            self.log.add(subscriber.offered - len(more), self._encode(more))
-            self._behind = True
-
-    def end(self, positions: Iterable[int]) -> float:
-        """End a pass, given every client's position; how long its oldest event waited until
-        every client had it (s)."""
-        waited = time.monotonic() - self._since
-        self._since = self._joined_since
-        self.log.trim(min(positions, default=self.log.head))
-        return waited

@@ -309,7 +309,16 @@ class EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         elif socket is not None and socket.closed and scope.get("method") == "POST":
             del self.sockets[sid]  # python-engineio then answers "Invalid session"
         if scope["type"] != "websocket" or not sid:
-            return await super().handle_request(*args, **kwargs)
+            try:
+                return await super().handle_request(*args, **kwargs)
+            except UnboundLocalError:
+                # python-engineio's POST path leaves its answer unset when the session that a bad
+                # packet made it disconnect is already gone (an invalid packet before it closed
+                # the session): answer the 400 it meant to.
+                bad = error_response(400, BAD_REQUEST, "Bad request")
+                environ = {"asgi.scope": scope, "asgi.send": send}
+                await _respond(bad["status"], bad["headers"], bad["response"], environ)
+                return None
         self._websocket_sids.add(sid)
         try:
             return await super().handle_request(*args, **kwargs)
@@ -410,3 +419,18 @@ def decodable(message: Any) -> bool:
     except Exception:
         return False
     return True
+
+
+class ClientFaults(logging.Filter):
+    """python-engineio logs a long-polling POST it cannot decode (an unknown packet type, too
+    many packets, JSON nested too deep) as an error with its traceback, then answers it: a
+    client's fault, made one line at info here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "post request handler error" and record.exc_info:
+            error = record.exc_info[1]
+            record.msg = "refused a long-polling POST it cannot decode: %s: %s"
+            record.args = (type(error).__name__, str(error)[:200])
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import socketio
@@ -37,14 +36,14 @@ from litestar.types import Receive, Scope, Send
 from broadcast.broker import Broker, BrokerUnavailable, Overflow, Subscriber, SubscriberClosed
 from broadcast.drain import SHUTTING_DOWN
 from broadcast.events import CHAT_MESSAGE, ERROR, Event
-from broadcast.identity import Identity
+from broadcast.eviction import Evicted
+from broadcast.fanout import PUMP_BACKLOG, Pump, Span
 from broadcast.limits import AddressLimit
-from broadcast.presence import Presence
-from broadcast.replay import Missed, missed_since, replay_budget
+from broadcast.session import Client, Sessions
 from broadcast.settings import Settings
 from broadcast.supervisor import Supervisor
-from broadcast.transports.direct import PUMP_BACKLOG, SLICE, Passes, socket_of
-from broadcast.transports.engineio_server import CONNECTION, Frame, decodable
+from broadcast.transports.direct import socket_of
+from broadcast.transports.engineio_server import CONNECTION, ClientFaults, Frame, decodable
 from broadcast.transports.socketio_rooms import IndexedManager
 from broadcast.transports.socketio_server import (
     NAMESPACE,
@@ -61,34 +60,26 @@ logger = logging.getLogger(__name__)
 TRANSPORT = "socketio"
 
 
-@dataclass
-class _Client:
-    username: str | None
-    rate_limit: RateLimit
-    address: str
-    resume_from: str | None = None
-    """The id this client asked to resume from (``""``: ids only, nothing to replay)."""
-    pending: list[Event] | None = None
-    """Live events held back while what it missed is replayed (``None``: not replaying)."""
-    replayed_up_to: Missed | None = None
-    """After a replay: live events up to this id were replayed from the history (which can
-    be ahead of the live stream), so the pump skips them; cleared past it."""
-    position: int = 0
-    """The index of the next event the pump owes it (``EventLog``): from its connect on."""
+class _Client(Client):
+    """A Socket.IO client: its Engine.IO session, its chat allowance, and the live events held
+    back while what it missed is replayed."""
 
-    def fresh(self, events: list[tuple[Event, Frame]]) -> list[Frame]:
-        """The frames of ``events`` this client has not already had from its replay."""
-        skip_to = self.replayed_up_to
-        if skip_to is None:
-            return [frame for _, frame in events]
-        frames = []
-        for event, frame in events:
-            if event.id is not None and skip_to is not None:
-                if skip_to.is_replayed(event):
-                    continue
-                skip_to = self.replayed_up_to = None
-            frames.append(frame)
-        return frames
+    __slots__ = ("eio_sid", "pending", "rate_limit")
+
+    def __init__(
+        self,
+        eio_sid: str,
+        address: str,
+        username: str | None,
+        resume_from: str | None,
+        position: int,
+        rate_limit: RateLimit,
+    ) -> None:
+        super().__init__(TRANSPORT, address, username, resume_from, position)
+        self.eio_sid = eio_sid
+        self.rate_limit = rate_limit
+        self.pending: list[Event] | None = [] if resume_from else None
+        """Live events held back while what it missed is replayed (``None``: not replaying)."""
 
 
 class SocketIOTransport:
@@ -96,15 +87,13 @@ class SocketIOTransport:
         self,
         settings: Settings,
         broker: Broker,
-        presence: Presence,
-        identity: Identity,
+        sessions: Sessions,
         addresses: AddressLimit,
         watchdog: SendWatchdog,
     ) -> None:
         self._settings = settings
         self._broker = broker
-        self._presence = presence
-        self._identity = identity
+        self._sessions = sessions
         self._addresses = addresses
         origins = settings.cors_origins
         self.server = GuardedServer(
@@ -132,7 +121,7 @@ class SocketIOTransport:
         self.server.on_connected = self._on_connected
         self._asgi_app = socketio.ASGIApp(self.server, socketio_path=None)
         self._clients: dict[str, _Client] = {}
-        self._sessions: dict[str, tuple[str, bool]] = {}
+        self._eio_sessions: dict[str, tuple[str, bool]] = {}
         """Every open Engine.IO session: its address, and whether it counts against the
         address's limit (else it is refused at its CONNECT)."""
         self._refusing: set[str] = set()
@@ -144,9 +133,6 @@ class SocketIOTransport:
         self._fanout_seconds = broker.metrics.fanout_seconds.labels(TRANSPORT)
         self._supervisor: Supervisor | None = None
         self._subscriber: Subscriber | None = None
-        self._owed = _Owed((-1, -1), [])
-        """The events last sent, by their span of indexes (most clients in a pass are owed the
-        same)."""
         self._too_slow: list[str] = []
         """Clients found over their budget during a pass (evicted after it)."""
 
@@ -187,7 +173,7 @@ class SocketIOTransport:
         # One subscriber for the transport's life: a pump that crashed and was restarted takes
         # up where it was (the clients' positions count this subscriber's events).
         subscriber = self._subscriber = self._broker.subscribe(PUMP_BACKLOG, Overflow.DROP_OLDEST)
-        supervisor.start("socketio-pump", lambda: self._pump(subscriber))
+        supervisor.start("socketio-pump", lambda: self._run_pump(subscriber))
 
     async def stop(self) -> None:
         if self._supervisor is not None:
@@ -221,18 +207,18 @@ class SocketIOTransport:
         address = _address(environ)
         if self._addresses.allows(address):
             self._addresses.opened(address)
-            self._sessions[eio_sid] = (address, True)
+            self._eio_sessions[eio_sid] = (address, True)
             return None
         self._metrics.refused.labels("connect").inc()
         refusal = self._addresses.refusal(address)
         if address in self._refusing:
             return Refusal(refusal)
         self._refusing.add(address)
-        self._sessions[eio_sid] = (address, False)
+        self._eio_sessions[eio_sid] = (address, False)
         return Refusal(refusal, at_connect=True)
 
     def _on_session_closed(self, eio_sid: str) -> None:
-        session = self._sessions.pop(eio_sid, None)
+        session = self._eio_sessions.pop(eio_sid, None)
         if session is None:
             return
         address, counted = session
@@ -248,47 +234,51 @@ class SocketIOTransport:
         auth = auth if isinstance(auth, dict) else {}
         address = _address(environ)
         try:
-            username = self._identity.username(auth.get("username"), auth.get("token"))
+            username = self._sessions.identify(auth.get("username"), auth.get("token"))
+        except Refused as refused:
+            raise socketio.exceptions.ConnectionRefusedError(str(refused)) from None
+        try:
             resume_from = _resume_from(auth)
         except Refused as refused:
             self._metrics.refused.labels("connect").inc()
             raise socketio.exceptions.ConnectionRefusedError(str(refused)) from None
+        eio_sid = self._eio_sid(sid)
         client = self._clients[sid] = _Client(
-            username,
-            RateLimit(self._settings.chat_rate_per_second, self._settings.chat_burst),
+            eio_sid,
             address,
+            username,
             resume_from,
-            position=self._subscriber.offered if self._subscriber is not None else 0,
+            self._subscriber.offered if self._subscriber is not None else 0,
+            RateLimit(self._settings.chat_rate_per_second, self._settings.chat_burst),
         )
-        if resume_from:
-            client.pending = []  # until on_connected has replayed what it missed
-        if not self._presence.join(TRANSPORT, username):
+        if not self._sessions.join(client):
             # The announcement waits for the conflation window; tell the newcomer now. (When it
             # went out at once, it reaches this client too: python-socketio already lists it.)
             # This is sent before python-socketio acknowledges the connection: the official
             # clients hold events that arrive before the CONNECT packet and deliver them after it.
-            count = Frame(self._presence.count_event().socketio_text)
-            await self._deliver(self._eio_sid(sid), count)
+            count = Frame(self._sessions.count_event().socketio_text)
+            await self._deliver(eio_sid, count)
 
     async def _on_connected(self, sid: str) -> None:
         """Replay what a resuming client missed, now that its CONNECT packet is queued, then
         the live events held back meanwhile (those not already replayed)."""
         client = self._clients.get(sid)
-        if client is None or client.pending is None or not client.resume_from:
+        if client is None or client.pending is None:
             return
-        eio_sid = self._eio_sid(sid)
+        eio_sid = client.eio_sid
         try:
-            budget = replay_budget(self._buffer_bytes)
-            missed = await missed_since(self._broker, client.resume_from, budget)
-            if missed.gap is not None:
-                await self._deliver(eio_sid, Frame(missed.gap.socketio_text))
-            for event in missed.events:
-                await self._deliver(eio_sid, Frame(event.socketio_text_with_id))
-            client.replayed_up_to = missed
+            missed = await self._sessions.resume(client)
+            if missed is not None:
+                if missed.gap is not None:
+                    await self._deliver(eio_sid, Frame(missed.gap.socketio_text))
+                for event in missed.events:
+                    await self._deliver(eio_sid, Frame(event.socketio_text_with_id))
             while client.pending:
                 held, client.pending = client.pending, []
-                for frame in client.fresh([(e, Frame(e.socketio_text_with_id)) for e in held]):
-                    await self._deliver(eio_sid, frame)
+                if client.replay is not None:
+                    held = client.replay.fresh(held)
+                for event in held:
+                    await self._deliver(eio_sid, Frame(event.socketio_text_with_id))
         finally:
             client.pending = None  # live from here: the pump sends to it directly
 
@@ -296,7 +286,7 @@ class SocketIOTransport:
         client = self._clients.pop(sid, None)
         if client is None:
             return
-        self._presence.leave(TRANSPORT, client.username)
+        self._sessions.leave(client)
         # Why every client left: ordinary goodbyes (the client said so, or closed its
         # connection: a tab closed) at debug level, anything else (too slow, ping timeout, the
         # server's own disconnect) at info, so churn does not flood the log.
@@ -358,54 +348,44 @@ class SocketIOTransport:
 
     # ------------------------------------------------------------------ fan-out
 
-    async def _pump(self, subscriber: Subscriber) -> None:
-        """Events encoded once, the same packet queued, or the same bytes written, to every
-        client, returning to the event loop every ``SLICE`` clients; events that come meanwhile
-        join the pass (``EventLog``)."""
-        passes = Passes(subscriber, lambda events: [_Entry(event) for event in events])
-        log = passes.log
-        try:
-            while True:
-                await passes.start()
-                delivered = 0
-                participants = list(self.server.manager.get_participants(NAMESPACE, None))
-                for number, (sid, eio_sid) in enumerate(participants, 1):
-                    if not number % SLICE:
-                        await passes.breathe()
-                    client = self._clients.get(sid)
-                    if client is None or client.position >= log.head:
-                        continue
-                    span = (client.position, log.head)
-                    client.position = log.head
-                    if span != self._owed.span:  # most clients are owed the same events
-                        self._owed = _Owed(span, log.since(span[0]))
-                    delivered += await self._send(client, eio_sid, self._owed)
-                self._delivered.inc(delivered)
-                positions = (client.position for client in self._clients.values())
-                self._fanout_seconds.observe(passes.end(positions))
-                for eio_sid in self._too_slow:
-                    await self._evict(eio_sid)
-                self._too_slow.clear()
-        except SubscriberClosed:
-            pass  # the transport is closing (shutdown): the pump has finished
+    async def _run_pump(self, subscriber: Subscriber) -> None:
+        """The pump (``fanout.Pump``): events encoded once, the same packet queued, or the same
+        bytes written, to every client; the clients found too slow are evicted after each
+        pass."""
+        pump = Pump(
+            subscriber,
+            self._clients.values,
+            self._send,
+            prepare=lambda event: event.socketio_text,
+            delivered=self._delivered,
+            fanout_seconds=self._fanout_seconds,
+            after_pass=self._evict_too_slow,
+        )
+        with contextlib.suppress(SubscriberClosed):  # the transport is closing (shutdown)
+            await pump.run()
 
-    async def _send(self, client: _Client, eio_sid: str, owed: _Owed) -> int:
-        """Send one client the events it is owed, after what it was already sent; how many.
+    async def _send(self, client: _Client, span: Span) -> int:
+        """Send one client the events of ``span``, but for those its replay already sent; how
+        many.
 
         A websocket client whose Engine.IO queue is idle (nothing on its way through ASGI) gets
         their WebSocket frames written straight to its socket, framed once for every client owed
         the same events (``direct.py``); any other gets the packets on its Engine.IO queue, for
         its writer."""
         if client.pending is not None:  # replaying: these go out after
-            client.pending.extend(owed.events)
+            client.pending.extend(span.events)
             return 0
+        eio_sid = client.eio_sid
         socket = self.server.eio.sockets.get(eio_sid)
         if socket is None or socket.closed:
             return 0
-        if client.resume_from is None:
-            frames = owed.frames
+        key = "plain" if client.resume_from is None else "with ids"
+        if client.replay is not None and not client.replay.done:
+            frames = _frames(client.replay.fresh(span.events), key)
+            shared = False
         else:
-            frames = client.fresh([(entry.event, entry.with_ids) for entry in owed.entries])
+            frames = span.encoded(key, lambda events: _frames(events, key))
+            shared = True
         if not frames:
             return 0
         budget = self._buffer_bytes
@@ -418,10 +398,10 @@ class SocketIOTransport:
             and not socket.upgrading
             and connection.writable
         ):
-            if frames is owed.frames:
-                data = owed.websocket
+            if shared:
+                data = span.encoded(key + " websocket", lambda _: _websocket(frames))
             else:
-                data = b"".join(frame.websocket for frame in frames)
+                data = _websocket(frames)
             if connection.write(data, budget):
                 self._too_slow.append(eio_sid)
             return len(frames)
@@ -430,6 +410,11 @@ class SocketIOTransport:
         if queue.bytes > budget and queue.qsize() > 1:
             self._too_slow.append(eio_sid)
         return len(frames)
+
+    async def _evict_too_slow(self) -> None:
+        for eio_sid in self._too_slow:
+            await self._evict(eio_sid)
+        self._too_slow.clear()
 
     @staticmethod
     async def _put(socket: Any, frame: eio_packet.Packet) -> None:
@@ -449,12 +434,12 @@ class SocketIOTransport:
         socket = self.server.eio.sockets.get(eio_sid)
         if socket is None or socket.closed:
             return
-        reason = f"too slow: over {self._buffer_bytes} bytes waiting to be sent"
+        reason = Evicted.over_budget(self._buffer_bytes)
         socket.queue.clear()
-        self._metrics.evicted.labels("too slow").inc()
+        self._metrics.evicted.labels(reason.kind.value).inc()
         notice = Event(ERROR, {"event": None, "error": f"disconnected: {reason}"})
         await self._put(socket, Frame(notice.socketio_text))
-        await socket.close(wait=False, abort=False, reason=reason)
+        await socket.close(wait=False, abort=False, reason=str(reason))
         if socket.upgraded:  # a websocket: end its writer after the close packet
             socket.queue.put_nowait(None)
 
@@ -463,46 +448,16 @@ class SocketIOTransport:
         return eio_sid
 
 
-class _Owed:
-    """The events of one span of the pump's log, ready for every client owed them: the
-    packets for classic clients and, made when first needed, their WebSocket frames."""
-
-    __slots__ = ("_websocket", "entries", "events", "frames", "span")
-
-    def __init__(self, span: tuple[int, int], entries: list[_Entry]) -> None:
-        self.span = span
-        self.entries = [entry for entry in entries if entry.plain is not None]
-        self.events = [entry.event for entry in self.entries]
-        self.frames: list[Frame] = [entry.plain for entry in self.entries if entry.plain]
-        self._websocket: bytes | None = None
-
-    @property
-    def websocket(self) -> bytes:
-        if self._websocket is None:
-            self._websocket = b"".join(frame.websocket for frame in self.frames)
-        return self._websocket
+def _frames(events: list[Event], key: str) -> list[Frame]:
+    """Engine.IO packets for ``events``: ``plain`` for classic clients, ``with ids`` for those
+    that resume (the id as a last argument)."""
+    if key == "plain":
+        return [Frame(event.socketio_text) for event in events]
+    return [Frame(event.socketio_text_with_id) for event in events]
 
 
-class _Entry:
-    """An event in the pump's log, with its packet for classic clients (``None``: it cannot be
-    encoded, and is skipped) and, made when first needed, its packet with the id."""
-
-    __slots__ = ("_with_ids", "event", "plain")
-
-    def __init__(self, event: Event) -> None:
-        self.event = event
-        self._with_ids: Frame | None = None
-        try:
-            self.plain: Frame | None = Frame(event.socketio_text)
-        except Exception:  # one bad event must never stop the fan-out
-            logger.exception("dropped event %r: it cannot be encoded", event.name)
-            self.plain = None
-
-    @property
-    def with_ids(self) -> Frame:
-        if self._with_ids is None:
-            self._with_ids = Frame(self.event.socketio_text_with_id)
-        return self._with_ids
+def _websocket(frames: list[Frame]) -> bytes:
+    return b"".join(frame.websocket for frame in frames)
 
 
 def _address(environ: dict[str, Any]) -> str:
@@ -516,6 +471,8 @@ def _library_logger(name: str) -> logging.Logger:
     info they log every packet)."""
     library = logging.getLogger(f"{logging.getLogger(__name__).name}.{name}")
     library.setLevel(logging.ERROR)
+    if not any(isinstance(f, ClientFaults) for f in library.filters):
+        library.addFilter(ClientFaults())
     return library
 
 

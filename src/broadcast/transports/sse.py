@@ -40,22 +40,14 @@ from litestar.params import Parameter
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from broadcast.broker import Broker, Overflow, Subscriber, SubscriberClosed
-from broadcast.drain import SHUTTING_DOWN
 from broadcast.events import Event
-from broadcast.identity import Identity
+from broadcast.eviction import SHUTTING_DOWN, Evicted, Eviction
+from broadcast.fanout import PUMP_BACKLOG, SLICE, Pump, Span
 from broadcast.limits import AddressLimit
-from broadcast.presence import Presence
-from broadcast.replay import Missed, missed_since, replay_budget
+from broadcast.session import Client, Sessions
 from broadcast.settings import Settings
 from broadcast.supervisor import Supervisor
-from broadcast.transports.direct import (
-    PUMP_BACKLOG,
-    SLICE,
-    Passes,
-    body_framing,
-    http_chunk,
-    socket_of,
-)
+from broadcast.transports.direct import body_framing, http_chunk, socket_of
 from broadcast.transports.watchdog import (
     HTTP_GONE,
     ClientTooSlow,
@@ -85,38 +77,25 @@ class _Comment(Event):
 KEEP_ALIVE = _Comment("", "ping")
 
 
-def _fresh(batch: list[Event], missed: Missed | None) -> tuple[list[Event], Missed | None]:
-    """The events of ``batch`` not already replayed, and what is left to filter with."""
-    if missed is None:
-        return batch, None
-    batch = [e for e in batch if not missed.is_replayed(e)]
-    if any(e.id is not None for e in batch):
-        missed = None  # past the replay: no more filtering
-    return batch, missed
+class _Stream(Client):
+    """An SSE client. Once handed over to the pump (``_push``), it is written by the pump, not
+    by a task of its own, and ``position`` counts the pump's events."""
 
+    __slots__ = ("closed", "connection", "framing")
 
-class _PushedStream:
-    """A stream written by the transport's pump (``SSETransport._pump``), not its own task."""
-
-    __slots__ = ("closed", "connection", "framing", "missed", "pos")
-
-    def __init__(
-        self,
-        connection: WatchedConnection,
-        framing: Callable[[bytes], bytes],
-        missed: Missed | None,
-        pos: int,
-    ) -> None:
-        self.connection = connection
-        self.framing = framing
-        self.missed = missed
-        self.pos = pos
-        """The index of the next event the pump owes this stream (``Subscriber.offered``
-        numbering); those before it reached the stream through its own subscriber."""
-        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    def __init__(self, address: str, username: str | None, resume_from: str | None) -> None:
+        super().__init__(TRANSPORT, address, username, resume_from)
+        self.connection: WatchedConnection | None = None
+        self.framing: Callable[[bytes], bytes] = http_chunk
+        self.closed: asyncio.Future[Evicted] = asyncio.get_running_loop().create_future()
         """Why the stream ends, once it does (server shutdown, too slow)."""
 
-    def end(self, reason: str) -> None:
+    @property
+    def gone(self) -> bool:
+        return self.closed.done()
+
+    def end(self, reason: Evicted) -> None:
+        self.evicted = reason
         if not self.closed.done():
             self.closed.set_result(reason)
 
@@ -162,22 +141,20 @@ class SSETransport:
         self,
         settings: Settings,
         broker: Broker,
-        presence: Presence,
-        identity: Identity,
+        sessions: Sessions,
         addresses: AddressLimit,
         watchdog: SendWatchdog,
     ) -> None:
         self._settings = settings
         self._watchdog = watchdog
         self._broker = broker
-        self._presence = presence
-        self._identity = identity
+        self._sessions = sessions
         self._addresses = addresses
         self._retry_frame = ServerSentEvent(retry=settings.sse_retry_ms, sep="\n").encode()
         self._delivered = broker.metrics.delivered.labels(TRANSPORT)
         self._fanout_seconds = broker.metrics.fanout_seconds.labels(TRANSPORT)
         self._streams: set[Subscriber] = set()
-        self._pushed: dict[_PushedStream, None] = {}
+        self._pushed: dict[_Stream, None] = {}
         """The streams the pump writes to, in the order they joined (a dict: an ordered set)."""
         self._pump_subscriber: Subscriber | None = None
         self._supervisor: Supervisor | None = None
@@ -194,7 +171,7 @@ class SSETransport:
         subscriber = self._pump_subscriber = self._broker.subscribe(
             PUMP_BACKLOG, Overflow.DROP_OLDEST
         )
-        supervisor.start("sse-pump", lambda: self._write_to_pushed(subscriber))
+        supervisor.start("sse-pump", lambda: self._run_pump(subscriber))
         supervisor.start("sse-keep-alive", self._send_keep_alives)
 
     async def stop(self) -> None:
@@ -248,9 +225,8 @@ class SSETransport:
                 self._broker.metrics.refused.labels("connect").inc()
                 raise TooManyRequestsException(detail=self._addresses.refusal(address))
             try:
-                name = self._identity.username(username, token)
+                name = self._sessions.identify(username, token)
             except Refused as refused:
-                self._broker.metrics.refused.labels("connect").inc()
                 raise ClientException(detail=str(refused)) from None
             # EventSource sends Last-Event-ID by itself when it reconnects; the query parameter
             # is for clients that cannot set headers.
@@ -261,7 +237,9 @@ class SSETransport:
                 self._watchdog,
                 # A client that stops reading blocks the write once its TCP buffers are full;
                 # the watchdog cuts it off then, and the stream's `finally` takes it out.
-                self._stream(name, resume_from, address, lambda: response.connection, framing),
+                self._stream(
+                    _Stream(address, name, resume_from), lambda: response.connection, framing
+                ),
                 ping=0,  # the transport's one keep-alive loop does it (`_send_keep_alives`)
                 sep="\n",
                 headers=headers,
@@ -285,9 +263,7 @@ class SSETransport:
 
     async def _stream(
         self,
-        username: str | None,
-        resume_from: str | None,
-        address: str,
+        stream: _Stream,
         connection: Callable[[], WatchedConnection | None],
         framing: Callable[[bytes], bytes] | None,
     ) -> AsyncIterator[bytes]:
@@ -300,33 +276,30 @@ class SSETransport:
             size=_frame_size,
         )
 
-        def on_close(reason: str) -> None:
-            self._broker.metrics.evicted.labels(reason.split(":")[0]).inc()
+        def on_close(reason: Evicted) -> None:
+            self._broker.metrics.evicted.labels(reason.kind.value).inc()
             watched = connection()
             if watched is not None and watched.since is not None:
                 watched.expire()  # blocked in a write: it would never see the close
 
         subscriber.on_close = on_close
         self._streams.add(subscriber)
-        self._addresses.opened(address)
+        self._addresses.opened(stream.address)
         try:
-            announced = self._presence.join(TRANSPORT, username)
             first = self._retry_frame
-            if not announced:
-                first += self._presence.count_event().sse_frame
-            missed = None
-            if resume_from is not None:
-                # Live events queue up in the subscriber meanwhile; those already replayed are
-                # skipped below, so each event arrives once, in order.
-                budget = replay_budget(self._settings.client_buffer_bytes)
-                missed = await missed_since(self._broker, resume_from, budget)
+            if not self._sessions.join(stream):
+                first += self._sessions.count_event().sse_frame
+            # Live events queue up in the subscriber meanwhile; those already replayed are
+            # skipped (the stream's replay filter), so each event arrives once, in order.
+            missed = await self._sessions.resume(stream)
+            if missed is not None:
                 if missed.gap is not None:
                     first += missed.gap.sse_frame
                 first += b"".join(event.sse_frame for event in missed.events)
             yield first  # through ASGI: the response's head goes out before it
             watched = connection()
             if framing is not None and watched is not None and watched.writable:
-                reason = await self._push(subscriber, watched, framing, missed)
+                reason = await self._push(stream, subscriber, watched, framing)
             else:  # no socket to write to: wait for events, write them through ASGI
                 while True:
                     try:
@@ -334,11 +307,12 @@ class SSETransport:
                     except SubscriberClosed as closed:
                         reason = closed.reason
                         break
-                    batch, missed = _fresh(batch, missed)
+                    if stream.replay is not None:
+                        batch = stream.replay.fresh(batch)
                     self._delivered.inc(len(batch) - batch.count(KEEP_ALIVE))
                     yield b"".join(event.sse_frame for event in batch)
             # One line for the whole drain (app.py), not one per stream.
-            level = logging.DEBUG if reason == SHUTTING_DOWN else logging.INFO
+            level = logging.DEBUG if reason.kind is Eviction.SHUTDOWN else logging.INFO
             logger.log(level, "closing an SSE stream: %s", reason)
             # EventSource reconnects after `retry` ms when a stream ends.
             yield self._retry_frame + f": {reason}\n\n".encode()
@@ -350,33 +324,34 @@ class SSETransport:
         finally:
             self._broker.unsubscribe(subscriber)
             self._streams.discard(subscriber)
-            self._addresses.closed(address)
-            self._presence.leave(TRANSPORT, username)
+            self._addresses.closed(stream.address)
+            self._sessions.leave(stream)
 
     async def _push(
         self,
+        stream: _Stream,
         subscriber: Subscriber,
         connection: WatchedConnection,
         framing: Callable[[bytes], bytes],
-        missed: Missed | None,
-    ) -> str:
+    ) -> Evicted:
         """Hand the stream over to the pump until it ends; why it ended.
 
         Without an await, so nothing is dispatched meanwhile: what the stream's own subscriber
         holds goes out now, and from the pump's next event on, the pump writes to it."""
         pump = self._pump_subscriber
         if pump is None:
-            return "server shutting down"
+            return SHUTTING_DOWN
         if pump.closed_reason is not None:
             return pump.closed_reason
         try:
             batch = subscriber.take()
         except SubscriberClosed as closed:
             return closed.reason
-        batch, missed = _fresh(batch, missed)
+        if stream.replay is not None:
+            batch = stream.replay.fresh(batch)
         self._broker.unsubscribe(subscriber)
         self._streams.discard(subscriber)
-        stream = _PushedStream(connection, framing, missed, pump.offered)
+        stream.connection, stream.framing, stream.position = connection, framing, pump.offered
         self._pushed[stream] = None
         try:
             if batch:
@@ -386,52 +361,47 @@ class SSETransport:
         finally:
             self._pushed.pop(stream, None)
 
-    def _write(self, stream: _PushedStream, data: bytes) -> None:
+    def _write(self, stream: _Stream, data: bytes) -> None:
         connection = stream.connection
-        if not connection.writable:
+        if connection is None or not connection.writable:
             return  # a client gone: its disconnect ends the stream
         budget = self._settings.client_buffer_bytes
         if connection.write(data, budget):
-            reason = f"too slow: over {budget} bytes waiting to be sent"
-            self._broker.metrics.evicted.labels("too slow").inc()
+            reason = Evicted.over_budget(budget)
+            self._broker.metrics.evicted.labels(reason.kind.value).inc()
             stream.end(reason)
             connection.expire()  # not reading: drop its socket now, not after a timeout
 
-    async def _write_to_pushed(self, subscriber: Subscriber) -> None:
-        """The pump: events framed once, the same bytes written to every pushed stream's socket,
-        returning to the event loop every ``SLICE`` streams; events that come meanwhile join
-        the pass (``EventLog``)."""
-        passes: Passes[Event] = Passes(subscriber, lambda events: events)
-        log = passes.log
+    def _deliver(self, stream: _Stream, span: Span) -> int:
+        """Write the events of ``span`` to one pushed stream: framed once for every stream owed
+        the same span, but for a stream still skipping what its replay sent."""
+        if stream.replay is not None and not stream.replay.done:
+            events = stream.replay.fresh(span.events)
+            if events:
+                self._write(stream, stream.framing(_frames(events)))
+            return len(events)
+        if stream.framing is http_chunk:
+            data = span.encoded("sse-chunked", lambda events: http_chunk(_sse(span)))
+        else:
+            data = _sse(span)
+        self._write(stream, data)
+        return len(span.events)
+
+    async def _run_pump(self, subscriber: Subscriber) -> None:
+        """The pump (``fanout.Pump``): events framed once, the same bytes written to every
+        pushed stream's socket; when the subscriber closes (shutdown), every stream ends."""
+        pump = Pump(
+            subscriber,
+            lambda: self._pushed,
+            self._deliver,
+            prepare=lambda event: event.sse_frame,
+            delivered=self._delivered,
+            fanout_seconds=self._fanout_seconds,
+        )
         try:
-            while True:
-                await passes.start()
-                delivered = 0
-                # Most streams are owed the same events: frame them once per (from, to).
-                framed: tuple[int, int, bytes, bytes] = (-1, -1, b"", b"")
-                for number, stream in enumerate(list(self._pushed), 1):
-                    if not number % SLICE:
-                        await passes.breathe()
-                    position, head = stream.pos, log.head
-                    if position >= head or stream.closed.done():
-                        continue
-                    stream.pos = head
-                    if stream.missed is not None:  # replayed: skip what the replay sent
-                        events, stream.missed = _fresh(log.since(position), stream.missed)
-                        if events:
-                            self._write(stream, stream.framing(_frames(events)))
-                            delivered += len(events)
-                        continue
-                    if framed[:2] != (position, head):
-                        body = _frames(log.since(position))
-                        framed = (position, head, http_chunk(body), body)
-                    self._write(stream, framed[2] if stream.framing is http_chunk else framed[3])
-                    delivered += head - position
-                self._delivered.inc(delivered)
-                owed = (stream.pos for stream in self._pushed if not stream.closed.done())
-                self._fanout_seconds.observe(passes.end(owed))
+            await pump.run()
         except SubscriberClosed as closed:
-            evicted = self._broker.metrics.evicted.labels(closed.reason.split(":")[0])
+            evicted = self._broker.metrics.evicted.labels(closed.reason.kind.value)
             for stream in list(self._pushed):
                 evicted.inc()
                 stream.end(closed.reason)
@@ -439,3 +409,7 @@ class SSETransport:
 
 def _frames(events: list[Event]) -> bytes:
     return b"".join(event.sse_frame for event in events)
+
+
+def _sse(span: Span) -> bytes:
+    return span.encoded("sse", _frames)
