@@ -18,8 +18,8 @@ from typing import Any
 from litestar import Litestar
 
 from broadcast.app import create_app
+from broadcast.overrides.socketio import GuardedServer
 from broadcast.settings import load_settings
-from broadcast.transports.socketio_server import GuardedServer
 
 SUITE_SETTINGS = {
     "BROADCAST_SOCKETIO_PING_INTERVAL_MS": "300",

@@ -101,8 +101,16 @@ class Server:
         return self.process.returncode
 
 
+OVERRIDES_OFF = os.environ.get("TEST_OVERRIDES") == "off"
+"""``TEST_OVERRIDES=off``: every server a test starts takes the public paths of its dependencies
+(``BROADCAST_OVERRIDES=false``), to prove they work (``scripts/test`` runs the transport tests
+once that way)."""
+
+
 def server_environment(settings: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROADCAST_")}
+    if OVERRIDES_OFF:
+        env["BROADCAST_OVERRIDES"] = "false"
     env.update(settings)
     return env
 

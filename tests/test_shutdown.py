@@ -19,7 +19,7 @@ import pytest
 import socketio
 
 from broadcast import drain
-from broadcast.transports.socketio_rooms import IndexedManager
+from broadcast.overrides.socketio_rooms import IndexedManager
 from tests.conftest import StartServer
 from tests.support import VENV_BIN, Server, until
 

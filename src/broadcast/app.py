@@ -31,12 +31,14 @@ from broadcast.identity import Identity
 from broadcast.limits import AddressLimit
 from broadcast.memory_return import MemoryReturn
 from broadcast.metrics import Metrics
+from broadcast.overrides import OverrideMismatch
+from broadcast.overrides import choose as choose_overrides
+from broadcast.overrides.hypercorn import SERVER_SEND
 from broadcast.presence import Presence
 from broadcast.publish import create_publish_router, publish_tokens
 from broadcast.session import Sessions
 from broadcast.settings import ConfigError, Settings, load_settings, redact_url
 from broadcast.supervisor import Supervisor
-from broadcast.transports.direct import SERVER_SEND
 from broadcast.transports.socketio import SocketIOTransport
 from broadcast.transports.sse import SSETransport
 from broadcast.transports.watchdog import SendWatchdog
@@ -126,8 +128,11 @@ def create_app(settings: Settings) -> BroadcastApp:
     addresses = AddressLimit(settings.max_connections_per_address)
     watchdog = SendWatchdog(settings.send_timeout_seconds, metrics.evicted)
     sessions = Sessions(broker, presence, identity, settings.client_buffer_bytes)
-    socketio_transport = SocketIOTransport(settings, broker, sessions, addresses, watchdog)
-    sse_transport = SSETransport(settings, broker, sessions, addresses, watchdog)
+    overrides = choose_overrides(settings.overrides)
+    socketio_transport = SocketIOTransport(
+        settings, broker, sessions, addresses, watchdog, overrides
+    )
+    sse_transport = SSETransport(settings, broker, sessions, addresses, watchdog, overrides)
     tokens = publish_tokens(settings)
     static = static_directory()
 
@@ -203,10 +208,9 @@ def create_app(settings: Settings) -> BroadcastApp:
 def app_from_environment() -> BroadcastApp:
     """The app configured from ``BROADCAST_*`` variables; a bad value exits with its message."""
     try:
-        settings = load_settings()
-    except ConfigError as exc:
+        return create_app(load_settings())
+    except (ConfigError, OverrideMismatch) as exc:
         raise SystemExit(f"broadcast: {exc}") from None
-    return create_app(settings)
 
 
 app = app_from_environment()

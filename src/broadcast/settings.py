@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     """Logs as one JSON object per line, or as plain text."""
 
+    overrides: bool = True
+    """Lean on hypercorn's and sse-starlette's internals, and python-socketio's client manager,
+    for speed (``overrides/``); false takes their public paths: the same behaviour, slower."""
+
     log_level: Annotated[str, Field(pattern=r"(?i)^(debug|info|warning|error|critical)$")] = "info"
 
     @field_validator("cors_origins", "publish_token", "socketio_transports", mode="before")

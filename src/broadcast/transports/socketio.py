@@ -39,19 +39,19 @@ from broadcast.events import CHAT_MESSAGE, ERROR, Event
 from broadcast.eviction import Evicted
 from broadcast.fanout import PUMP_BACKLOG, Pump, Span
 from broadcast.limits import AddressLimit
-from broadcast.session import Client, Sessions
-from broadcast.settings import Settings
-from broadcast.supervisor import Supervisor
-from broadcast.transports.direct import socket_of
-from broadcast.transports.engineio_server import CONNECTION, ClientFaults, Frame, decodable
-from broadcast.transports.socketio_rooms import IndexedManager
-from broadcast.transports.socketio_server import (
+from broadcast.overrides import Overrides
+from broadcast.overrides.engineio import CONNECTION, ClientFaults, Frame, decodable
+from broadcast.overrides.socketio import (
     NAMESPACE,
     RESERVED_EVENT,
     GuardedServer,
     Refusal,
     ack_requested,
 )
+from broadcast.overrides.socketio_rooms import IndexedManager
+from broadcast.session import Client, Sessions
+from broadcast.settings import Settings
+from broadcast.supervisor import Supervisor
 from broadcast.transports.watchdog import WEBSOCKET_GONE, SendWatchdog
 from broadcast.users import RateLimit, Refused, parse_chat_message
 
@@ -90,7 +90,9 @@ class SocketIOTransport:
         sessions: Sessions,
         addresses: AddressLimit,
         watchdog: SendWatchdog,
+        overrides: Overrides,
     ) -> None:
+        self._find_socket = overrides.find_socket
         self._settings = settings
         self._broker = broker
         self._sessions = sessions
@@ -109,7 +111,8 @@ class SocketIOTransport:
             # client's fault, each a line: a flood under attack) stay out.
             logger=_library_logger("socketio"),
             engineio_logger=_library_logger("engineio"),
-            client_manager=IndexedManager(),  # a disconnect in O(1), not O(clients)
+            # A disconnect in O(1), not O(clients) (``overrides/socketio_rooms.py``).
+            client_manager=IndexedManager() if overrides.indexed_rooms else None,
         )
         self.server.admit = self._admit
         self.server.on_session_closed = self._on_session_closed
@@ -140,6 +143,7 @@ class SocketIOTransport:
         asgi_app = self._asgi_app
         watchdog = self._watchdog
         metrics = self._metrics
+        find_socket = self._find_socket
 
         # opt: the server, for tests that add handlers to it (tests/protocol_app.py).
         @asgi("/socket.io", is_mount=True, copy_scope=True, opt={"socketio_server": self.server})
@@ -147,7 +151,7 @@ class SocketIOTransport:
             if scope["type"] != ScopeType.WEBSOCKET:
                 await asgi_app(scope, receive, send)
                 return
-            connection = watchdog.watch(send, receive, WEBSOCKET_GONE, socket_of(scope))
+            connection = watchdog.watch(send, receive, WEBSOCKET_GONE, find_socket(scope))
             scope[CONNECTION] = connection  # type: ignore[literal-required]  # for the pump
 
             async def receive_decodable() -> Any:

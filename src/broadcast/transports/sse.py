@@ -28,7 +28,6 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
-import anyio
 from litestar import Request, get
 from litestar.exceptions import (
     ClientException,
@@ -44,13 +43,13 @@ from broadcast.events import Event
 from broadcast.eviction import SHUTTING_DOWN, Evicted, Eviction
 from broadcast.fanout import PUMP_BACKLOG, SLICE, Pump, Span
 from broadcast.limits import AddressLimit
+from broadcast.overrides import Overrides
+from broadcast.overrides.sse_starlette import WatchedResponse
 from broadcast.session import Client, Sessions
 from broadcast.settings import Settings
 from broadcast.supervisor import Supervisor
-from broadcast.transports.direct import body_framing, http_chunk, socket_of
+from broadcast.transports.framing import body_framing, http_chunk
 from broadcast.transports.watchdog import (
-    HTTP_GONE,
-    ClientTooSlow,
     SendWatchdog,
     WatchedConnection,
 )
@@ -100,42 +99,6 @@ class _Stream(Client):
             self.closed.set_result(reason)
 
 
-class _WatchedEventSourceResponse(EventSourceResponse):
-    """sse-starlette's response with its writes timed by the send watchdog (one sweep for all
-    streams) instead of its own timer per write; ``connection`` is set once it runs."""
-
-    def __init__(self, watchdog: SendWatchdog, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._watchdog = watchdog
-        self.connection: WatchedConnection | None = None
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        # sse-starlette's own __call__ runs three tasks per stream besides the ping: the
-        # stream, the disconnect listener, and a listener for uvicorn's exit signal, which
-        # never fires under hypercorn (the app drains its streams itself). This runs the first
-        # two, on sse-starlette's own methods: one task less per idle client.
-        connection = self.connection = self._watchdog.watch(
-            send, receive, HTTP_GONE, socket_of(scope)
-        )
-        try:
-            async with anyio.create_task_group() as group:
-
-                async def stream() -> None:
-                    await self._stream_response(connection.send)
-                    group.cancel_scope.cancel()
-
-                group.start_soon(stream)
-                await self._listen_for_disconnect(connection.receive)
-                group.cancel_scope.cancel()
-        except* ClientTooSlow:
-            pass  # cut off by the watchdog or over its budget; the stream's finally ran
-        finally:
-            self._watchdog.forget(connection)
-
-    async def _send_with_timeout(self, send: Any, message: Any) -> None:
-        await send(message)  # the watchdog times it
-
-
 class SSETransport:
     def __init__(
         self,
@@ -144,7 +107,10 @@ class SSETransport:
         sessions: Sessions,
         addresses: AddressLimit,
         watchdog: SendWatchdog,
+        overrides: Overrides,
     ) -> None:
+        self._find_socket = overrides.find_socket
+        self._response_class = overrides.sse_response
         self._settings = settings
         self._watchdog = watchdog
         self._broker = broker
@@ -232,9 +198,10 @@ class SSETransport:
             # is for clients that cannot set headers.
             resume_from = request.headers.get("last-event-id") or last_event_id
             framing = body_framing(request.scope)
-            response: _WatchedEventSourceResponse
-            response = _WatchedEventSourceResponse(
+            response: WatchedResponse
+            response = self._response_class(
                 self._watchdog,
+                self._find_socket,
                 # A client that stops reading blocks the write once its TCP buffers are full;
                 # the watchdog cuts it off then, and the stream's `finally` takes it out.
                 self._stream(

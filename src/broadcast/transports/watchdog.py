@@ -28,7 +28,7 @@ from typing import Any
 from litestar.types import Receive, Send
 from prometheus_client import Counter
 
-from broadcast.transports.direct import Socket
+from broadcast.overrides.hypercorn import Socket
 
 logger = logging.getLogger(__name__)
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import socketio
 
+from broadcast.overrides.check import signatures
+
 
 class IndexedManager(socketio.AsyncManager):  # type: ignore[misc]
     def __init__(self) -> None:
@@ -50,3 +52,17 @@ class IndexedManager(socketio.AsyncManager):  # type: ignore[misc]
                 sids.remove(sid)
                 if not sids:
                     del pending[namespace]
+
+
+def check() -> str | None:
+    """Why ``IndexedManager`` cannot work with the python-socketio installed (``None``: it can)."""
+    return signatures(
+        socketio.AsyncManager,
+        {
+            "basic_enter_room": ["self", "sid", "namespace", "room", "eio_sid"],
+            "basic_leave_room": ["self", "sid", "namespace", "room"],
+            "basic_disconnect": ["self", "sid", "namespace", "kwargs"],
+        },
+        attributes=("rooms", "callbacks", "pending_connect", "pending_disconnect"),
+        instance=socketio.AsyncManager(),
+    )

@@ -21,7 +21,8 @@ import engineio
 import socketio
 from socketio import packet as sio_packet
 
-from broadcast.transports.engineio_server import EngineIOServer
+from broadcast.overrides.check import signatures
+from broadcast.overrides.engineio import EngineIOServer
 
 logger = logging.getLogger(__name__)
 
@@ -220,3 +221,30 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
             or self.namespaces == "*"
             or namespace in self.namespaces
         )
+
+
+def check() -> str | None:
+    """Why ``GuardedServer`` cannot work with the python-socketio installed (``None``: it can)."""
+    return signatures(
+        socketio.AsyncServer,
+        {
+            "_engineio_server_class": ["self"],
+            "_handle_eio_connect": ["self", "eio_sid", "environ"],
+            "_handle_eio_disconnect": ["self", "eio_sid", "reason"],
+            "_handle_eio_message": ["self", "eio_sid", "data"],
+            "_handle_event_internal": [
+                "self",
+                "server",
+                "sid",
+                "eio_sid",
+                "data",
+                "namespace",
+                "id",
+            ],
+            "_handle_connect": ["self", "eio_sid", "namespace", "data"],
+            "_handle_disconnect": ["self", "eio_sid", "namespace", "reason"],
+            "_send_packet": ["self", "eio_sid", "pkt"],
+        },
+        attributes=("_binary_packet", "environ", "handlers", "namespace_handlers", "namespaces"),
+        instance=socketio.AsyncServer(async_mode="asgi"),
+    )

@@ -22,8 +22,10 @@ from urllib.parse import parse_qs
 import engineio
 from engineio import packet as eio_packet
 from engineio.async_drivers import asgi as engineio_asgi
+from engineio.async_socket import AsyncSocket
 
-from broadcast.transports.direct import websocket_text
+from broadcast.overrides.check import signatures
+from broadcast.transports.framing import websocket_text
 from broadcast.transports.watchdog import WatchedConnection
 
 logger = logging.getLogger(__name__)
@@ -434,3 +436,29 @@ class ClientFaults(logging.Filter):
             record.exc_info = record.exc_text = None
             record.levelno, record.levelname = logging.INFO, "INFO"
         return True
+
+
+def check() -> str | None:
+    """Why ``EngineIOServer`` cannot work with the python-engineio installed (``None``: it can)."""
+    server = engineio.AsyncServer(async_mode="asgi")
+    drivers = getattr(server, "_async", None)
+    if not isinstance(drivers, dict) or not {"websocket", "make_response"} <= drivers.keys():
+        return "AsyncServer._async has no websocket and make_response drivers"
+    return signatures(
+        engineio.AsyncServer,
+        {
+            "disconnect": ["self", "sid"],
+            "handle_request": ["self", "args", "kwargs"],
+            "create_queue": ["self", "args", "kwargs"],
+        },
+        attributes=("sockets",),
+        instance=server,
+    ) or signatures(
+        AsyncSocket,
+        {
+            "close": ["self", "wait", "abort", "reason"],
+            "check_ping_timeout": ["self"],
+            "send": ["self", "pkt"],
+            "handle_post_request": ["self", "environ"],
+        },
+    )
