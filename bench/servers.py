@@ -245,11 +245,52 @@ def node_spec(core: int, peer_dir: Path) -> ServerSpec:
     return ServerSpec("node", "Node peer (socket.io 4)", argv, env, peer_dir, "/")
 
 
+PEER_FILES = ("package.json", "package-lock.json")
+PEER_DIR = "peer-node"
+
+
+def peer_sources(shared: Path) -> list[Path]:
+    """The files the peer's copy is made from, in a fixed order: package.json,
+    package-lock.json and every file under peer-node/ (a node_modules there is not the kit's)."""
+    tree = sorted(
+        path
+        for path in (shared / PEER_DIR).rglob("*")
+        if path.is_file() and "node_modules" not in path.relative_to(shared).parts
+    )
+    return [shared / name for name in PEER_FILES] + tree
+
+
+def peer_key(shared: Path) -> str:
+    """A digest of every file the peer's copy is made from, names and contents: the copy is
+    reinstalled when any of them changes (a new server.js as much as a new lock file)."""
+    digest = hashlib.sha256()
+    for path in peer_sources(shared):
+        data = path.read_bytes()
+        name = path.relative_to(shared).as_posix().encode()
+        # Lengths first, so that no two different sets of files hash the same bytes.
+        digest.update(len(name).to_bytes(8, "big") + name + len(data).to_bytes(8, "big") + data)
+    return digest.hexdigest()[:16]
+
+
+def peer_cache_dir(shared: Path) -> Path:
+    """Where the copy of this kit's peer is installed: one directory per ``peer_key``."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "broadcast-bench" / f"peer-{peer_key(shared)}"
+
+
+def copy_peer(shared: Path, dest: Path) -> None:
+    """Copy exactly the files ``peer_key`` digests into ``dest``."""
+    for path in peer_sources(shared):
+        target = dest / path.relative_to(shared)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+
+
 def prepare_peer(shared: Path, explicit: Path | None) -> Path:
     """A directory with peer-node/server.js and its node_modules.
 
-    shared/ is read-only, so it is copied once into a cache directory keyed by its lock file and
-    installed there with ``npm ci``; later runs reuse it.
+    shared/ is read-only, so it is copied once into a cache directory keyed by the contents of
+    the files copied (``peer_key``) and installed there with ``npm ci``; later runs reuse it.
     """
     if explicit is not None:
         if not (explicit / "peer-node" / "server.js").is_file():
@@ -260,20 +301,18 @@ def prepare_peer(shared: Path, explicit: Path | None) -> Path:
     lock = shared / "package-lock.json"
     if not lock.is_file():
         raise RuntimeError(f"{lock} not found (pass --shared or --peer-dir)")
+    if not (shared / PEER_DIR / "server.js").is_file():
+        raise RuntimeError(f"{shared}/{PEER_DIR}/server.js not found (pass --shared or --peer-dir)")
     if shutil.which("node") is None or shutil.which("npm") is None:
         raise RuntimeError("node and npm are needed for the reference peer (or pass --no-node)")
-    digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:12]
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    dest = cache / "broadcast-bench" / f"peer-{digest}"
+    dest = peer_cache_dir(shared)
     if (dest / "node_modules" / "socket.io").is_dir():
         return dest
     log(f"installing the Node peer into {dest} (npm ci)")
     tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    shutil.copytree(shared / "peer-node", tmp / "peer-node")
-    for name in ("package.json", "package-lock.json"):
-        shutil.copy2(shared / name, tmp / name)
+    copy_peer(shared, tmp)
     subprocess.run(
         ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
         cwd=tmp,

@@ -1,0 +1,241 @@
+"""Every case on every server: a fresh server per run, the load generator pinned beside it,
+its JSON kept with the server's figures and log."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.host import core_busy_ms, foreign_cpu, loadavg, machine
+from bench.options import OURS_ONLY
+from bench.report import dig
+from bench.servers import (
+    ROOT,
+    ServerProcess,
+    ServerSpec,
+    free_port,
+    log,
+    node_spec,
+    ours_spec,
+    prepare_peer,
+    serve_spec,
+)
+
+
+class Bench:
+    def __init__(self, o: argparse.Namespace, stamp: str) -> None:
+        self.o = o
+        self.stamp = stamp
+        self.logs = o.out_dir / f"{stamp}-logs"
+        self.token = os.environ.get("BROADCAST_PUBLISH_TOKEN", "").split(",")[0].strip()
+        if len(self.token) < 16:
+            self.token = secrets.token_urlsafe(24)
+        self.runs: list[dict[str, Any]] = []
+        self.node_error: str | None = None
+
+    def cases(self) -> list[tuple[str, str, int, list[str], float]]:
+        """(scenario, case label, clients, extra loadgen args, timeout s) in run order."""
+        o = self.o
+        out: list[tuple[str, str, int, list[str], float]] = []
+        common = ["--sse-ratio", str(o.sse_ratio), "--concurrency", str(o.concurrency)]
+        if "storm" in o.scenarios:
+            for n in o.sizes:
+                # Node's storm costs N^2 frames: ~8 s at 1000 clients here, ~25x that at 5000.
+                out.append(("storm", f"N={n}", n, common, 60 + 5e-5 * n * n))
+        if "fanout" in o.scenarios:
+            for n in o.fanout_sizes:
+                args = [*common, "--events", str(o.events), "--rate", str(o.rate), "--settle", "60"]
+                out.append(("fanout", f"N={n}", n, args, 90 + 0.05 * n + 0.01 * n * o.events))
+        if "churn" in o.scenarios:
+            n, d = o.churn_clients, o.churn_duration
+            args = [*common, "--duration", str(d), "--churn-rate", str(o.churn_rate)]
+            out.append(("churn", f"N={n} {d:g}s", n, args, d + 120 + 0.02 * n))
+        if "footprint" in o.scenarios:
+            n = o.footprint_clients
+            settle = "0.5" if o.quick else "1"
+            for kind in ("sse", "ws"):
+                args = ["--footprint-transport", kind, "--footprint-settle", settle]
+                label = f"{'SSE' if kind == 'sse' else 'Socket.IO'} N={n}"
+                out.append(("footprint", label, n, args, 60 + 0.05 * n))
+        if "shutdown" in o.scenarios:
+            # SIGTERM to `broadcast serve` with every client reconnecting (bench/shutdown.py).
+            n = o.shutdown_clients
+            out.append(("shutdown", f"N={n}", n, common, 90 + 0.02 * n))
+        if "soak" in o.scenarios:
+            n, d = o.soak_clients, o.soak_seconds
+            args = [
+                *common, "--soak-seconds", str(d), "--soak-rate", str(o.soak_rate),
+                "--soak-report", str(o.soak_report), "--rss-tolerance", str(o.rss_tolerance),
+                "--settle", "30",
+            ]  # fmt: skip
+            out.append(("soak", f"N={n} {d:g}s", n, args, d + 300 + 0.05 * n))
+        return out
+
+    def specs(self) -> list[ServerSpec | str]:
+        """What to drive: our spec (or the --target URL), then the Node peer's."""
+        o = self.o
+        targets: list[ServerSpec | str] = []
+        targets.append(
+            o.target
+            or ours_spec(o.server_core, self.token, o.backlog, o.worker_class, o.server_env)
+        )
+        if not o.no_node and any(s not in OURS_ONLY for s in o.scenarios):
+            try:
+                peer = prepare_peer(o.shared, o.peer_dir)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                log(f"WARNING: no Node reference: {exc}")
+                self.node_error = str(exc)
+            else:
+                targets.append(node_spec(o.server_core, peer))
+        return targets
+
+    def run_one(
+        self,
+        target: ServerSpec | str,
+        scenario: str,
+        case: str,
+        n: int,
+        args: list[str],
+        timeout: float,
+    ) -> dict[str, Any]:
+        name = target.name if isinstance(target, ServerSpec) else "ours"
+        entry: dict[str, Any] = {"target": name, "scenario": scenario, "case": case, "clients": n}
+        server: ServerProcess | None = None
+        if isinstance(target, ServerSpec):
+            server = self.start_server(target, scenario, case, entry)
+            url, pid, stats_path = server.url, server.pid, server.spec.stats_path
+        else:
+            url, pid, stats_path = target, self.o.target_pid, "/stats"
+        entry["loadavg_before"] = loadavg()
+        busy0 = core_busy_ms()
+        cmd = [
+            "taskset", "-c", str(self.o.loadgen_core), sys.executable, "-m", "bench.loadgen",
+            "--url", url, "--scenario", scenario, "--clients", str(n),
+            "--timeout", f"{timeout:.0f}", "--stats-path", stats_path,
+            f"--token={self.token}",  # one word: a generated token may start with "-"
+            *args,
+        ]  # fmt: skip
+        if pid:
+            cmd += ["--server-pid", str(pid)]
+        log(f"{name}: {scenario} {case} -> {url}" + (f" (pid {pid})" if pid else ""))
+        t0 = time.perf_counter()
+        result = drive(cmd, timeout, entry)
+        wall_ms = (time.perf_counter() - t0) * 1000
+        entry["wall_s"] = round(wall_ms / 1000, 1)
+        own = {self.o.loadgen_core: float(dig(result, "loadgen", "cpu_ms") or 0.0)}
+        if server is not None:  # a --target server is not pinned: its core is unknown
+            own[self.o.server_core] = float(dig(result, "server", "cpu_ms") or 0.0)
+        entry["foreign_cpu_pct"] = foreign_cpu(busy0, core_busy_ms(), wall_ms, own)
+        if server is not None:
+            entry["server_exit"] = server.stop()
+            entry["server_log"] = server.notable_log_lines()
+            entry["server_tracebacks"] = server.tracebacks()
+            if server.children:
+                entry["server_children"] = server.children
+        entry["result"] = result
+        entry["ok"] = bool(result.get("ok"))
+        entry["error"] = result.get("error")
+        self.log_outcome(entry)
+        return entry
+
+    def start_server(
+        self, spec: ServerSpec, scenario: str, case: str, entry: dict[str, Any]
+    ) -> ServerProcess:
+        """A fresh server for one run, its cold start, PID and log recorded in ``entry``."""
+        if scenario == "shutdown" and spec.name == "ours":
+            spec = serve_spec(spec)  # the prompt shutdown is `broadcast serve`'s
+        log_path = self.logs / f"{spec.name}-{scenario}-{case.replace(' ', '_')}.log"
+        server = ServerProcess(spec, free_port(), log_path)
+        server.start()
+        entry.update(cold_start_ms=server.cold_start_ms, server_pid=server.pid, log=str(log_path))
+        return server
+
+    def log_outcome(self, entry: dict[str, Any]) -> None:
+        """One run's verdict and load-generator CPU; warnings for a disturbed server core and
+        for what the server logged."""
+        name, scenario, case = entry["target"], entry["scenario"], entry["case"]
+        lg: dict[str, Any] = entry["result"].get("loadgen") or {}
+        status = "ok" if entry["ok"] else f"FAILED: {entry['error']}"
+        log(
+            f"{name}: {scenario} {case}: {status} in {entry['wall_s']} s; loadgen cpu "
+            f"{lg.get('cpu_pct')}% (busiest 0.5 s {lg.get('peak_cpu_pct')}%)"
+            + (" [LOAD GENERATOR BOUND]" if lg.get("bottleneck") else "")
+        )
+        # The server's core is the one that matters (the load generator's also runs this
+        # script and the load generator's own start-up, which it does not count).
+        foreign = entry["foreign_cpu_pct"].get(f"core{self.o.server_core}", 0.0)
+        if foreign > 10:
+            log(
+                f"WARNING: other processes used {foreign}% of the server's core during this "
+                f"run: its figures are disturbed"
+            )
+        notable = entry.get("server_log", {})
+        if notable.get("count"):
+            log(f"{name} server logged {notable['count']} notable line(s), e.g.:")
+            for line in notable["samples"][:3]:
+                log(f"    {line}")
+
+    def run(self) -> dict[str, Any]:
+        o = self.o
+        targets = self.specs()
+        cases = self.cases()
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        log(f"{len(cases)} case(s) x {len(targets)} server(s); results -> {o.out_dir}")
+        for scenario, case, n, args, timeout in cases:
+            for target in targets:
+                if (
+                    scenario in OURS_ONLY
+                    and isinstance(target, ServerSpec)
+                    and target.name != "ours"
+                ):
+                    continue
+                try:
+                    self.runs.append(self.run_one(target, scenario, case, n, args, timeout))
+                except RuntimeError as exc:  # the server did not start
+                    name = target.name if isinstance(target, ServerSpec) else "ours"
+                    log(f"{name}: {scenario} {case}: server failed: {exc}")
+                    self.runs.append(
+                        {"target": name, "scenario": scenario, "case": case, "clients": n,
+                         "ok": False, "error": f"server failed: {str(exc)[:300]}", "result": {}}
+                    )  # fmt: skip
+        return {
+            "started": started,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "machine": machine(),
+            "config": {
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in vars(o).items()
+                if k not in ("target_pid",)
+            }
+            | {"target_pid": o.target_pid, "node_error": self.node_error},
+            "runs": self.runs,
+        }
+
+
+def drive(cmd: list[str], timeout: float, entry: dict[str, Any]) -> dict[str, Any]:
+    """Run the load generator; its JSON result (or why there is none), its exit code in
+    ``entry``."""
+    try:
+        # Progress lines (stderr) pass through; the last stdout line is the JSON result.
+        # The load generator bounds itself; this is the bound if it hangs anyway.
+        proc = subprocess.run(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=timeout + 180, check=False
+        )
+        lines = proc.stdout.strip().splitlines()
+        result: dict[str, Any] = (
+            json.loads(lines[-1]) if lines else {"ok": False, "error": "no output"}
+        )
+        entry["exit_code"] = proc.returncode
+    except subprocess.TimeoutExpired:
+        result = {"ok": False, "error": f"load generator killed after {timeout + 180:.0f}s"}
+        entry["exit_code"] = None
+    except json.JSONDecodeError as exc:
+        result = {"ok": False, "error": f"unreadable load generator output: {exc}"}
+    return result
