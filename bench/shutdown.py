@@ -1,4 +1,4 @@
-"""The ``shutdown`` scenario of ``bench/loadgen.py``: SIGTERM with N clients connected (half SSE)
+"""The ``shutdown`` scenario of ``bench/loadgen/``: SIGTERM with N clients connected (half SSE)
 that reconnect as soon as the server closes them, as browsers do.
 
 It connects every client, checks they all hold the count, sends SIGTERM to ``--server-pid`` and
@@ -6,8 +6,8 @@ measures the time until that process has exited (a pidfd: exact, without being i
 Every client the server closes tries to reconnect at once, then every ``RETRY_SECONDS`` until
 the process is gone: each attempt must be *refused* (the node stopped listening, so a real
 client goes to another node), never accepted. An accepted attempt fails the scenario; the
-exit time is the figure (the target: < 1 s, in ``bench/report.py``). The server's log is
-checked for tracebacks by ``bench/main.py``, which holds it.
+exit time is the figure (the target: < 1 s, in ``bench/report/targets.py``). The server's log is
+checked for tracebacks by ``bench/runner.py``, which holds it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ EXIT_WITHIN = 30.0
 
 
 class Helpers(NamedTuple):
-    """``bench/loadgen.py``'s own (see its ``shutdown``)."""
+    """``bench/loadgen/``'s own (see its ``shutdown``)."""
 
     connect_phase: Callable[[Run, str, list[str]], Awaitable[dict[str, Any]]]
     check_server: Callable[[Run, dict[str, Any]], Awaitable[None]]
