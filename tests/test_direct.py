@@ -1,4 +1,4 @@
-"""Direct writes (``transports/direct.py``): the fan-out writes each event's bytes straight to the
+"""Direct writes (``overrides/hypercorn.py``, ``transports/framing.py``): the fan-out writes each event's bytes straight to the
 client's socket, framed once, past hypercorn's per-message path.
 
 These talk to the real server over raw sockets, to see the bytes themselves: a fan-out frame is
