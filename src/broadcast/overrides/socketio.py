@@ -5,7 +5,7 @@ handlers whether an acknowledgement was asked for, refuses client events named l
 replays after CONNECT, lets the transport admit or refuse each Engine.IO session from its
 handshake, closes sessions that never connect, and closes the connection of a client that sends
 what is not Socket.IO, with one log line (``docs/socketio-conformance.md``). Its Engine.IO server
-is ``engineio_server.EngineIOServer``.
+is ``overrides/engineio.py``'s ``EngineIOServer``.
 """
 
 from __future__ import annotations

@@ -374,8 +374,8 @@ class SocketIOTransport:
 
         A websocket client whose Engine.IO queue is idle (nothing on its way through ASGI) gets
         their WebSocket frames written straight to its socket, framed once for every client owed
-        the same events (``direct.py``); any other gets the packets on its Engine.IO queue, for
-        its writer."""
+        the same events (``overrides/hypercorn.py``); any other gets the packets on its
+        Engine.IO queue, for its writer."""
         if client.pending is not None:  # replaying: these go out after
             client.pending.extend(span.events)
             return 0
