@@ -1,5 +1,5 @@
-"""Direct writes (``overrides/hypercorn.py``, ``transports/framing.py``): the fan-out writes each event's bytes straight to the
-client's socket, framed once, past hypercorn's per-message path.
+"""Direct writes (``overrides/hypercorn.py``, ``transports/framing.py``): the fan-out writes
+each event's bytes straight to the client's socket, framed once, past hypercorn's per-message path.
 
 These talk to the real server over raw sockets, to see the bytes themselves: a fan-out frame is
 never compressed even when the client negotiated permessage-deflate (hypercorn compresses every

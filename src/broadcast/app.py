@@ -91,7 +91,8 @@ def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
 class BroadcastApp(Litestar):
     """Litestar, keeping the ASGI server's own ``send`` in each connection's scope: Litestar
     wraps it, and the fan-out finds the client's socket from the server's
-    (``overrides/hypercorn.py``). Once draining, new streams and Socket.IO sessions are refused (``drain.py``)."""
+    (``overrides/hypercorn.py``). Once draining, new streams and Socket.IO sessions are refused
+    (``drain.py``)."""
 
     gate = drain.Gate()  # create_app gives each app its own
 

@@ -3,7 +3,8 @@
 A stream starts as a hub subscriber of its own with a bounded queue: it opens with a ``retry:``
 hint and the current ``user count`` (then, when it resumes, what it missed). After that first
 chunk, a stream whose socket the app can reach (``overrides/hypercorn.py``: hypercorn,
-HTTP/1.x) is handed over to the transport's pump, one hub subscriber for all of them, as Socket.IO's: each batch of
+HTTP/1.x) is handed over to the transport's pump, one hub subscriber for all of them, as
+Socket.IO's: each batch of
 events is framed once and the same bytes are written to every such socket, with no task woken
 per client; a socket that holds more than ``BROADCAST_CLIENT_BUFFER_BYTES`` unsent is too slow
 and is cut off. Other streams (HTTP/2) keep their subscriber, wait for their events and write

@@ -12,7 +12,8 @@ connection itself (a client over its byte budget whose write is blocked).
 One sweep for every connection costs two attribute writes per send on the fan-out's hot path,
 where a timer per write (``asyncio.timeout``, anyio's ``move_on_after``) costs a timer handle.
 
-A fan-out that writes to the client's socket directly (``overrides/hypercorn.py``) never blocks; the same
+A fan-out that writes to the client's socket directly (``overrides/hypercorn.py``) never
+blocks; the same
 deadline then applies to the socket's buffer: a connection whose socket has held more than
 ``STALLED_BYTES`` unsent for longer than the timeout is expired too. Expiring aborts the socket,
 so a client cut off does not keep its buffers (and the TCP connection) on the server.
