@@ -37,7 +37,8 @@ def create_backends(settings: Settings) -> tuple[Backend, PresenceBackend]:
             MemoryPresence(),
         )
     if scheme in ("redis", "rediss", "unix"):
-        from broadcast.broker.redis import RedisBackend, RedisPresence
+        from broadcast.broker.redis import RedisBackend
+        from broadcast.broker.redis_presence import RedisPresence
 
         reconnect = settings.redis_reconnect_max_seconds
         presence = RedisPresence(

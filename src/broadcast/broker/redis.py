@@ -1,4 +1,4 @@
-"""The Redis backend (redis-py's asyncio API): events and presence shared by every node.
+"""The Redis backend (redis-py's asyncio API): events shared by every node.
 
 Deliberate choices:
 - One cross-node path. A publish is one Lua call that takes the next id (the channel's epoch and
@@ -6,54 +6,38 @@ Deliberate choices:
   and bytes) and ``PUBLISH``es ``"<id> <json>"``; every node, the publisher included, receives
   it once from its subscription and delivers it to its own clients. Nobody delivers directly,
   so nothing arrives twice. (python-socketio's own Redis manager is not used beside it.)
-- Presence: each node writes its count under its own key with a TTL, refreshed by a heartbeat,
-  and lists itself in a set; the total is the sum over the keys that still exist. A node killed
-  without a goodbye simply stops refreshing, and its key expires. A change is announced on a
-  channel so the other nodes re-read at once rather than at their next heartbeat.
-- Outages are reported, not hidden: redis-py's own retries are off, each loop catches the
-  connection error, says why in ``unavailable_reason`` (``/readyz``), and reconnects with a
-  capped exponential backoff. On reconnection a node re-registers its count and re-reads.
+- Outages are reported, not hidden (``redis_link.py``). Presence is ``redis_presence.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
-import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
-from broadcast.broker.base import (
-    BrokerUnavailable,
-    DeliverCallback,
-    History,
-    RemoteTotalCallback,
-    complete_after,
+from broadcast.broker.base import BrokerUnavailable, DeliverCallback, History, complete_after
+from broadcast.broker.redis_link import (
+    CONNECTION_ERRORS,
+    PREFIX,
+    Backoff,
+    Health,
+    connect,
+    raise_if_cancelling,
+    until_cancelled,
 )
 from broadcast.events import Event, EventId, new_epoch
 from broadcast.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "broadcast:"
 EVENT_CHANNEL_PREFIX = PREFIX + "events:"
 STREAM_PREFIX = PREFIX + "stream:"
 HISTORY_PREFIX = PREFIX + "replay:"
 """(Not ``history:``, where nodes of a version with bare counter ids keep theirs: during a rolling
 upgrade the two never write to one stream, whose entry ids would then go backwards.)"""
-NODES_KEY = PREFIX + "presence:nodes"
-NODE_KEY_PREFIX = PREFIX + "presence:node:"
-PRESENCE_CHANNEL = PREFIX + "presence:changed"
 
 # KEYS[1]: the channel's state, one hash: its epoch, its last offset, the bytes its history
 # holds; KEYS[2]: the channel; KEYS[3]: its history stream. ARGV[1]: the event as JSON,
@@ -95,97 +79,6 @@ redis.call('PUBLISH', KEYS[2], id .. ' ' .. ARGV[1])
 return id
 """
 
-# Errors that mean "Redis is not reachable now": retried, reported, never fatal.
-CONNECTION_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
-
-
-# TCP keepalive probes after 5 s idle, every 2 s, 3 failures: a connection whose peer vanished
-# (a lost machine, a NAT that dropped it) fails within about 11 s, even an idle subscription.
-_KEEPALIVE = {
-    option: value
-    for option, value in (
-        (getattr(socket, "TCP_KEEPIDLE", None), 5),
-        (getattr(socket, "TCP_KEEPINTVL", None), 2),
-        (getattr(socket, "TCP_KEEPCNT", None), 3),
-    )
-    if option is not None
-}
-
-
-def connect(url: str) -> aioredis.Redis:
-    """A client whose failures surface (no silent retries), whose commands time out, and whose
-    connections are probed by TCP keepalive, so a dead connection is noticed."""
-    client: aioredis.Redis = aioredis.Redis.from_url(
-        url,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        socket_keepalive=True,
-        socket_keepalive_options=_KEEPALIVE,
-        health_check_interval=5,
-        retry=Retry(NoBackoff(), 0),
-    )
-    return client
-
-
-def node_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-class Backoff:
-    """Capped exponential backoff: 0.1 s doubling up to ``cap``."""
-
-    def __init__(self, cap: float) -> None:
-        self.cap = cap
-        self.delay = 0.1
-
-    def reset(self) -> None:
-        self.delay = 0.1
-
-    async def wait(self) -> None:
-        await asyncio.sleep(self.delay)
-        self.delay = min(self.delay * 2, self.cap)
-
-
-class _Health:
-    """The state of one connection loop, logged on every change."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.reason: str | None = "connecting to redis"
-
-    def ok(self) -> None:
-        if self.reason is not None:
-            logger.info("%s: connected to redis", self.what)
-        self.reason = None
-
-    def lost(self, exc: BaseException) -> None:
-        reason = f"redis unreachable: {exc or type(exc).__name__}"
-        if reason != self.reason:
-            logger.warning("%s: %s; reconnecting", self.what, reason)
-        self.reason = reason
-
-
-def _raise_if_cancelling() -> None:
-    """Stop here if this task was asked to: redis-py swallows a cancellation that lands in the
-    middle of a command (it cleans the connection up and carries on)."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-async def _until_cancelled(
-    what: str, health: _Health, backoff: Backoff, attempt: Callable[[], Awaitable[None]]
-) -> None:
-    """Run ``attempt`` again and again: an outage is reported and retried, never fatal. (A bug,
-    any other exception, goes to the supervisor, which logs, counts and restarts the loop.)"""
-    while True:
-        try:
-            await attempt()
-        except CONNECTION_ERRORS as exc:
-            _raise_if_cancelling()  # a cancellation redis-py turned into a connection error
-            health.lost(exc)
-        await backoff.wait()
-
 
 def _offset(entry_id: bytes) -> int:
     """The offset a history stream entry stands for: its id is ``<offset>-0``."""
@@ -206,7 +99,7 @@ class RedisBackend:
         self._history_bytes = history_bytes
         self._history_ms = int(history_seconds * 1000)
         self._publish = self._redis.register_script(_PUBLISH)
-        self._health = _Health("events")
+        self._health = Health("events")
         self._backoff = Backoff(reconnect_max_seconds)
         self._deliver: DeliverCallback | None = None
         self._supervisor: Supervisor | None = None
@@ -220,7 +113,7 @@ class RedisBackend:
         self._supervisor = supervisor
         supervisor.start(
             "redis-events",
-            lambda: _until_cancelled("events", self._health, self._backoff, self._listen),
+            lambda: until_cancelled("events", self._health, self._backoff, self._listen),
         )
 
     async def stop(self) -> None:
@@ -287,7 +180,7 @@ class RedisBackend:
             self._health.ok()
             self._backoff.reset()
             async for message in pubsub.listen():
-                _raise_if_cancelling()
+                raise_if_cancelling()
                 if message["type"] == "pmessage":
                     self._receive(message["channel"], message["data"])
 
@@ -301,115 +194,3 @@ class RedisBackend:
             return
         assert self._deliver is not None
         self._deliver(channel.decode().removeprefix(EVENT_CHANNEL_PREFIX), event)
-
-
-class RedisPresence:
-    def __init__(
-        self,
-        url: str,
-        ttl_seconds: float,
-        heartbeat_seconds: float,
-        reconnect_max_seconds: float,
-    ) -> None:
-        self._redis = connect(url)
-        self.node_id = node_id()
-        self._node_key = NODE_KEY_PREFIX + self.node_id
-        self._ttl_ms = int(ttl_seconds * 1000)
-        self._heartbeat = heartbeat_seconds
-        self._health = _Health("presence")
-        self._listener_health = _Health("presence notifications")
-        self._sync_backoff = Backoff(reconnect_max_seconds)
-        self._listen_backoff = Backoff(reconnect_max_seconds)
-        self._local = 0
-        self._changed = True
-        self._wake = asyncio.Event()
-        self._remote: int | None = None
-        self._on_remote_total: RemoteTotalCallback | None = None
-        self._supervisor: Supervisor | None = None
-
-    @property
-    def unavailable_reason(self) -> str | None:
-        return self._health.reason or self._listener_health.reason
-
-    async def start(self, on_remote_total: RemoteTotalCallback, supervisor: Supervisor) -> None:
-        self._on_remote_total = on_remote_total
-        self._supervisor = supervisor
-        supervisor.start(
-            "redis-presence",
-            lambda: _until_cancelled(
-                "presence", self._health, self._sync_backoff, self._sync_forever
-            ),
-        )
-        supervisor.start(
-            "redis-presence-notifications",
-            lambda: _until_cancelled(
-                "presence notifications",
-                self._listener_health,
-                self._listen_backoff,
-                self._listen,
-            ),
-        )
-
-    def local_changed(self, local_count: int) -> None:
-        self._local = local_count
-        self._changed = True
-        self._wake.set()
-
-    async def stop(self) -> None:
-        if self._supervisor is not None:
-            await self._supervisor.cancel("redis-presence")
-            await self._supervisor.cancel("redis-presence-notifications")
-        with contextlib.suppress(*CONNECTION_ERRORS):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(self._node_key)
-                pipe.srem(NODES_KEY, self.node_id)
-                pipe.publish(PRESENCE_CHANNEL, self.node_id)
-                await pipe.execute()
-        with contextlib.suppress(*CONNECTION_ERRORS):
-            await self._redis.aclose()
-
-    async def _sync_forever(self) -> None:
-        # Every heartbeat, and whenever this node's count changes or another node announces a
-        # change: write our count (refreshing its TTL), then read everyone else's.
-        self._changed = True  # (re-)register after every (re)connection
-        while True:
-            _raise_if_cancelling()
-            changed, self._changed = self._changed, False
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(self._node_key, self._local, px=self._ttl_ms)
-                pipe.sadd(NODES_KEY, self.node_id)
-                if changed:
-                    pipe.publish(PRESENCE_CHANNEL, self.node_id)
-                await pipe.execute()
-            await self._read_remote_total()
-            self._health.ok()
-            self._sync_backoff.reset()
-            _raise_if_cancelling()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._heartbeat)
-            self._wake.clear()
-
-    async def _read_remote_total(self) -> None:
-        members = await self._redis.smembers(NODES_KEY)
-        nodes = [n.decode() if isinstance(n, bytes) else n for n in members]
-        others = [n for n in nodes if n != self.node_id]
-        counts = await self._redis.mget([NODE_KEY_PREFIX + n for n in others]) if others else []
-        gone = [n for n, count in zip(others, counts, strict=True) if count is None]
-        if gone:  # expired: their nodes stopped refreshing (crashed or cut off)
-            await self._redis.srem(NODES_KEY, *gone)
-        remote = sum(int(count) for count in counts if count is not None)
-        if remote != self._remote:
-            self._remote = remote
-            assert self._on_remote_total is not None
-            self._on_remote_total(remote)
-
-    async def _listen(self) -> None:
-        async with self._redis.pubsub() as pubsub:
-            await pubsub.subscribe(PRESENCE_CHANNEL)
-            self._listener_health.ok()
-            self._listen_backoff.reset()
-            self._wake.set()  # whatever was announced while we were away: read now
-            async for message in pubsub.listen():
-                _raise_if_cancelling()
-                if message["type"] == "message" and message["data"] != self.node_id.encode():
-                    self._wake.set()
