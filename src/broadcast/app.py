@@ -98,6 +98,7 @@ class BroadcastApp(Litestar):
             await drain.refuse(scope, send)
             return
         scope[SERVER_SEND] = send
+        self.gate.entered()
         try:
             await super().__call__(scope, receive, send)
         finally:
@@ -105,6 +106,7 @@ class BroadcastApp(Litestar):
             # request ends as a reference cycle holding its body (a publish's whole event),
             # which the raised collector thresholds (``lifespan``) leave for a long time.
             scope.pop(SERVER_SEND, None)
+            self.gate.left()
 
 
 def create_app(settings: Settings) -> BroadcastApp:
@@ -128,6 +130,9 @@ def create_app(settings: Settings) -> BroadcastApp:
     sse_transport = SSETransport(settings, broker, presence, identity, addresses, watchdog)
     tokens = publish_tokens(settings)
     static = static_directory()
+    # Collects the cycles departed connections left (see the collector thresholds below) and
+    # hands freed memory back to the OS once the audience has shrunk.
+    memory = MemoryReturn.for_this_platform(lambda: presence.local_users)
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -141,32 +146,62 @@ def create_app(settings: Settings) -> BroadcastApp:
         # long-lived state. Freeze what startup made and collect the young generation less often.
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
-        # The price: cycles left by departed connections wait long for a full collection. This
-        # collects them and hands freed memory back to the OS once the audience has shrunk.
-        memory = MemoryReturn.for_this_platform(lambda: presence.local_users)
         memory.start()
         logger.info("broadcast %s serving; broker %s", __version__, redact_url(settings.broker_url))
         try:
             yield
         finally:
-            await memory.stop()
-            await watchdog.stop()
-            await sse_transport.stop()
-            await socketio_transport.stop()
-            await presence.stop()
-            await broker.stop()
+            await stop()
+
+    stopped = False
+
+    async def stop() -> None:
+        """Stop every part, once: at the lifespan's shutdown, or at the end of the drain,
+        whichever comes first."""
+        nonlocal stopped
+        if stopped:
+            return
+        stopped = True
+        await memory.stop()
+        await watchdog.stop()
+        await sse_transport.stop()
+        await socketio_transport.stop()
+        await presence.stop()
+        await broker.stop()
 
     gate = drain.Gate()
 
-    async def drain_now() -> None:
-        """Refuse new streams and sessions, and close every connection now, telling clients to
-        come back (``broadcast serve`` calls this on SIGTERM once it has stopped listening, before
-        hypercorn's graceful wait, which then has nothing to wait for)."""
+    async def drain_now(within: float) -> None:
+        """Refuse new streams and sessions, close every connection now, telling clients to come
+        back, and stop (``broadcast serve`` calls this on SIGTERM once it has stopped listening,
+        then exits the process at once: the connections ended from under the app never
+        return, and would hold hypercorn's graceful wait).
+
+        Every connection that can be is ended from under the app (``drain.py``), all at once:
+        the others the usual way, waited for ``within`` seconds at most. Then everyone still
+        counted here leaves at once (named users' leaves announced, and sent to the other nodes,
+        ``LEAVES_SENT_WITHIN`` seconds at most), and the parts stop (with Redis, this node's
+        share of the count is removed)."""
         gate.draining = True
-        streams = sse_transport.streams
-        broker.hub.close_all(drain.SHUTTING_DOWN)
+        ended = watchdog.say_goodbye()
+        streams = sse_transport.close_own_streams(drain.SHUTTING_DOWN)
         sessions = await socketio_transport.close_all()
-        logger.info("closing %d SSE streams and %d Socket.IO sessions", streams, sessions)
+        logger.info(
+            "closing %d connections at once, %d SSE streams and %d Socket.IO sessions the usual "
+            "way",
+            ended,
+            streams,
+            sessions,
+        )
+        if not await gate.settled(lambda: watchdog.ended_from_under, within):
+            logger.warning(
+                "%d requests still open after %.1f s: cut off",
+                gate.open - watchdog.ended_from_under,
+                within,
+            )
+        if presence.everyone_left() and not await broker.flush(drain.LEAVES_SENT_WITHIN):
+            logger.warning("some users' leaves were not announced to the other nodes in time")
+        await stop()
 
     @get("/", media_type=MediaType.HTML, include_in_schema=False)
     async def index() -> File:

@@ -27,11 +27,25 @@ class Broker:
         # in order by one task, so a client's "joined" never overtakes its "left".
         self._outbox: deque[tuple[str, Event]] = deque()
         self._outbox_ready = asyncio.Event()
+        self._outbox_sent = asyncio.Event()
+        """Set while every announcement queued has been published (or given up on)."""
+        self._outbox_sent.set()
         self._outbox_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.backend.start(self._received)
         self._outbox_task = asyncio.create_task(self._send_outbox(), name="broker-outbox")
+
+    async def flush(self, within: float) -> bool:
+        """Wait until the announcements queued so far are published, ``within`` seconds at
+        most (a node that is going away: ``stop`` drops what is left); whether they were."""
+        if self._outbox_task is None or self._outbox_task.done():
+            return not self._outbox
+        try:
+            await asyncio.wait_for(self._outbox_sent.wait(), within)
+        except TimeoutError:
+            return False
+        return True
 
     async def stop(self, reason: str = "server shutting down") -> None:
         self.hub.close_all(reason)
@@ -56,6 +70,7 @@ class Broker:
     def publish_soon(self, event: Event, channel: str = DEFAULT_CHANNEL) -> None:
         """``publish`` from code that cannot wait; events go out in the order given."""
         self._outbox.append((channel, event))
+        self._outbox_sent.clear()
         self._outbox_ready.set()
 
     def publish_local(self, event: Event, channel: str = DEFAULT_CHANNEL) -> None:
@@ -90,3 +105,4 @@ class Broker:
                     self.hub.dispatch(channel, event)
                 except Exception:
                     logger.exception("could not publish %r", event.name)
+            self._outbox_sent.set()

@@ -98,8 +98,19 @@ class Socket(Protocol):
 
     def abort(self) -> None: ...
 
+    def pause_reading(self) -> None: ...
 
-_SOCKET_METHODS = ("write", "is_closing", "get_write_buffer_size", "abort")
+    def write_eof(self) -> None: ...
+
+
+_SOCKET_METHODS = (
+    "write",
+    "is_closing",
+    "get_write_buffer_size",
+    "abort",
+    "pause_reading",  # these two: the drain's goodbye (drain.py)
+    "write_eof",
+)
 
 
 def socket_of(scope: Any) -> Socket | None:
@@ -114,10 +125,7 @@ def socket_of(scope: Any) -> Socket | None:
     if not isinstance(writer, asyncio.StreamWriter):
         return None
     transport: Any = writer.transport
-    if all(
-        hasattr(transport, name)
-        for name in ("write", "is_closing", "get_write_buffer_size", "abort")
-    ):
+    if all(hasattr(transport, name) for name in _SOCKET_METHODS):
         return transport  # type: ignore[no-any-return]
     return None
 

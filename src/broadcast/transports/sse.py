@@ -41,7 +41,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from broadcast.background import BackgroundTask
 from broadcast.broker import Broker, Overflow, Subscriber, SubscriberClosed
-from broadcast.drain import SHUTTING_DOWN
+from broadcast.drain import SHUTTING_DOWN, sse_goodbye
 from broadcast.events import Event
 from broadcast.identity import Identity
 from broadcast.limits import AddressLimit
@@ -192,6 +192,13 @@ class SSETransport:
         self._pump_subscriber = self._broker.subscribe(PUMP_BACKLOG, Overflow.DROP_OLDEST)
         self._pump.start(self._write_to_pushed(self._pump_subscriber))
         self._keep_alive.start(self._send_keep_alives())
+
+    def close_own_streams(self, reason: str) -> int:
+        """End the streams the pump does not write to, the usual way (the drain ends the
+        others from under the app); how many."""
+        for subscriber in self._streams:
+            subscriber.close(reason)
+        return len(self._streams)
 
     async def stop(self) -> None:
         await self._keep_alive.stop()
@@ -373,12 +380,14 @@ class SSETransport:
         self._streams.discard(subscriber)
         stream = _PushedStream(connection, framing, missed, pump.offered)
         self._pushed[stream] = None
+        connection.goodbye = sse_goodbye(self._retry_frame, framing)  # the head is out
         try:
             if batch:
                 self._write(stream, framing(b"".join(event.sse_frame for event in batch)))
                 self._delivered.inc(len(batch) - batch.count(KEEP_ALIVE))
             return await stream.closed
         finally:
+            connection.goodbye = None  # ended the usual way: the stream writes its own end
             self._pushed.pop(stream, None)
 
     def _write(self, stream: _PushedStream, data: bytes) -> None:
