@@ -21,7 +21,7 @@ import socketio
 from broadcast import drain
 from broadcast.transports.socketio_rooms import IndexedManager
 from tests.conftest import StartServer
-from tests.support import VENV_BIN, Server, until
+from tests.support import VENV_BIN, RedisServer, Server, connect_sio, until
 
 CLIENTS = 150
 """Of each transport."""
@@ -203,6 +203,71 @@ async def test_sigterm_stops_accepting_then_drains_clients_that_reconnect(
     assert "Traceback" not in log, log
     assert "Exception in callback" not in log, log
     assert took < 1, f"the server took {took:.2f} s from SIGTERM to exit"
+
+
+async def read_to_the_end(response: httpx.Response) -> tuple[bytes, str | None]:
+    """The whole body, and how it ended (``None``: as HTTP says, the final chunk)."""
+    body = b""
+    try:
+        async for chunk in response.aiter_bytes():
+            body += chunk
+    except httpx.TransportError as exc:
+        return body, repr(exc)
+    return body, None
+
+
+@pytest.mark.timeout(60)
+async def test_a_draining_node_ends_each_connection_properly_and_its_users_leave_everywhere(
+    start_server: StartServer, redis: RedisServer
+) -> None:
+    """Each connection ends as its protocol says (a websocket with a close frame saying the
+    server goes away, an SSE stream with a retry hint and its body's end), and the other nodes
+    hear every named user leave and see the count drop at once."""
+    settings = {"BROADCAST_BROKER_URL": redis.url, "BROADCAST_PRESENCE_TTL_SECONDS": "30"}
+    one = start_server(settings, command=[str(VENV_BIN / "broadcast"), "serve"])
+    two = start_server(settings)
+    watcher = await connect_sio(two.url, ["websocket"])
+    named = await connect_sio(one.url, ["websocket"], auth={"username": "bob"})
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(30)) as http,
+        aiohttp.ClientSession() as session,
+        http.stream("GET", f"{one.url}/events", params={"username": "ann"}) as stream,
+        session.ws_connect(f"{one.url}/socket.io/?EIO=4&transport=websocket") as websocket,
+    ):
+        assert stream.status_code == 200
+        opening = await websocket.receive_str()
+        assert opening.startswith("0"), opening
+        await websocket.send_str("40" + json.dumps({"username": "cat"}))
+        while not (await websocket.receive_str()).startswith("40"):  # the count may come first
+            pass
+        await until(lambda: watcher.last_count == 4, 10, "one count of 4 on both nodes")
+
+        one.process.send_signal(signal.SIGTERM)
+        body, ending = await read_to_the_end(stream)
+        closing = await websocket.receive()
+        while closing.type == aiohttp.WSMsgType.TEXT:  # events sent before
+            closing = await websocket.receive()
+        await until(lambda: one.process.poll() is not None, 10, "node one to exit")
+
+    assert ending is None, f"the stream's body ended as HTTP says, not cut: {ending}"
+    assert body.endswith(b"retry: 2000\n\n: server shutting down\n\n"), body[-80:]
+    assert closing.type == aiohttp.WSMsgType.CLOSE
+    assert (closing.data, closing.extra) == (1001, "server shutting down"), "going away"
+    await until(lambda: watcher.last_count == 1, 10, "node one's share to go at once")
+    assert two.user_count() == 1
+
+    def left() -> list[str]:
+        return sorted(
+            d["username"] for e, d in watcher.events if e == "user" and not d["connected"]
+        )
+
+    await until(lambda: len(left()) >= 3, 10, "every named user's leave")
+    assert left() == ["ann", "bob", "cat"]
+    assert one.process.returncode == 0
+    log = one.log()
+    assert "Traceback" not in log, log
+    assert "Exception in callback" not in log, log
+    assert named.client.connected is False
 
 
 # ---------------------------------------------------------------------------- the gate (unit)
