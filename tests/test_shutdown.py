@@ -19,6 +19,7 @@ import pytest
 import socketio
 
 from broadcast import drain
+from broadcast.transports.direct import http_chunk
 from broadcast.transports.socketio_rooms import IndexedManager
 from tests.conftest import StartServer
 from tests.support import VENV_BIN, RedisServer, Server, connect_sio, until
@@ -350,3 +351,36 @@ def test_the_indexed_manager_leaves_the_state_python_socketio_would() -> None:
     both("basic_disconnect", "nobody", "/")
     both("basic_disconnect", "s5", "/nowhere")
     assert sorted(ours.get_rooms("s5", "/")) == ["everyone", "s5"]
+
+
+def test_the_goodbyes_are_a_going_away_close_frame_and_an_sse_stream_s_end() -> None:
+    frame = drain.WEBSOCKET_GOODBYE
+    assert frame[0] == 0x88, "FIN, opcode close, no RSV bit (never compressed)"
+    assert frame[1] == len(frame) - 2, "unmasked (a server's), the length of its payload"
+    assert int.from_bytes(frame[2:4], "big") == 1001
+    assert frame[4:] == b"server shutting down"
+
+    retry = b"retry: 2000\n\n"
+    last = retry + b": server shutting down\n\n"
+    assert drain.sse_goodbye(retry, http_chunk) == http_chunk(last) + b"0\r\n\r\n"
+    assert drain.sse_goodbye(retry, bytes) == last, "HTTP/1.0: the connection's close ends it"
+
+
+async def test_the_gate_waits_until_only_the_requests_ended_from_under_the_app_are_open() -> None:
+    gate = drain.Gate()
+    for _ in range(5):
+        gate.entered()
+    ended = [2]
+    assert await gate.settled(lambda: ended[0], 0.05) is False, "3 others still open"
+    waiting = asyncio.create_task(gate.settled(lambda: ended[0], 10))
+    gate.left()
+    gate.left()
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    ended[0] = 1  # one ended from under the app returned after all
+    gate.left()
+    await asyncio.sleep(0)
+    assert not waiting.done(), "one of the others is still open"
+    gate.left()
+    assert await asyncio.wait_for(waiting, 5) is True
+    assert gate.open == 1

@@ -147,6 +147,7 @@ class Presence:
         """This node is going away and its connections were ended without leaving one by one
         (``drain.py``): count everyone out at once, and announce every named user's leave, as
         each would have (with the count once they have all left); how many were announced."""
+        self._everyone_left = True
         for transport in self.connections:
             self.connections[transport] = 0
         self.backend.local_changed(0)
