@@ -6,6 +6,7 @@ module's namespace, so it cannot be lazy); tests and embedders call ``create_app
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -183,24 +184,40 @@ def create_app(settings: Settings) -> BroadcastApp:
         ``LEAVES_SENT_WITHIN`` seconds at most), and the parts stop (with Redis, this node's
         share of the count is removed)."""
         gate.draining = True
-        ended = watchdog.say_goodbye()
-        streams = sse_transport.close_own_streams(drain.SHUTTING_DOWN)
-        sessions = await socketio_transport.close_all()
+
+        async def close() -> tuple[int, int, int]:
+            ended = watchdog.say_goodbye()
+            streams = sse_transport.close_own_streams(drain.SHUTTING_DOWN)
+            return ended, streams, await socketio_transport.close_all()
+
+        closed = await close()
         logger.info(
             "closing %d connections at once, %d SSE streams and %d Socket.IO sessions the usual "
             "way",
-            ended,
-            streams,
-            sessions,
+            *closed,
         )
-        if not await gate.settled(lambda: watchdog.ended_from_under, within):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            wait = min(drain.RECHECK_SECONDS, deadline - loop.time())
+            if await gate.settled(lambda: watchdog.ended_from_under, wait):
+                break
+            if loop.time() >= deadline:
+                left = gate.open - watchdog.ended_from_under
+                logger.warning("%d requests still open after %.1f s: cut off", left, within)
+                break
+            # A request that passed the gate just before it closed may have opened a stream or
+            # a session since.
+            if any(late := await close()):
+                logger.info(
+                    "closing %d more connections at once, %d SSE streams and %d Socket.IO "
+                    "sessions the usual way (opened as the drain began)",
+                    *late,
+                )
+        if presence.everyone_left() and (unsent := await broker.flush(drain.LEAVES_SENT_WITHIN)):
             logger.warning(
-                "%d requests still open after %.1f s: cut off",
-                gate.open - watchdog.ended_from_under,
-                within,
+                "%d named users' leaves not announced to the other nodes: no time left", unsent
             )
-        if presence.everyone_left() and not await broker.flush(drain.LEAVES_SENT_WITHIN):
-            logger.warning("some users' leaves were not announced to the other nodes in time")
         await stop()
 
     @get("/", media_type=MediaType.HTML, include_in_schema=False)

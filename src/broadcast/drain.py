@@ -30,8 +30,13 @@ from typing import Any
 from broadcast.transports.direct import http_chunk
 
 SHUTTING_DOWN = "server shutting down"
+RECHECK_SECONDS = 0.1
+"""How often the drain looks again for connections to close while it waits for those it closed
+the usual way."""
 LEAVES_SENT_WITHIN = 0.5
-"""Seconds the drain waits for named users' leave announcements to reach the other nodes."""
+"""Seconds the drain waits for named users' leave announcements to reach the other nodes (one
+at a time, about 0.2 ms each with Redis: some 2,500 of them; those left are dropped, and the
+exit stays within a second)."""
 REFUSAL = json.dumps({"status_code": 503, "detail": SHUTTING_DOWN}).encode()
 HEADERS = [
     (b"content-type", b"application/json"),

@@ -36,16 +36,13 @@ class Broker:
         await self.backend.start(self._received)
         self._outbox_task = asyncio.create_task(self._send_outbox(), name="broker-outbox")
 
-    async def flush(self, within: float) -> bool:
+    async def flush(self, within: float) -> int:
         """Wait until the announcements queued so far are published, ``within`` seconds at
-        most (a node that is going away: ``stop`` drops what is left); whether they were."""
-        if self._outbox_task is None or self._outbox_task.done():
-            return not self._outbox
-        try:
-            await asyncio.wait_for(self._outbox_sent.wait(), within)
-        except TimeoutError:
-            return False
-        return True
+        most (a node that is going away: ``stop`` drops what is left); how many were not."""
+        if self._outbox_task is not None and not self._outbox_task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._outbox_sent.wait(), within)
+        return len(self._outbox)
 
     async def stop(self, reason: str = "server shutting down") -> None:
         self.hub.close_all(reason)

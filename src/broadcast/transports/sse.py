@@ -195,10 +195,11 @@ class SSETransport:
 
     def close_own_streams(self, reason: str) -> int:
         """End the streams the pump does not write to, the usual way (the drain ends the
-        others from under the app); how many."""
-        for subscriber in self._streams:
+        others from under the app); how many (not counting those closed before)."""
+        open_streams = [s for s in self._streams if s.closed_reason is None]
+        for subscriber in open_streams:
             subscriber.close(reason)
-        return len(self._streams)
+        return len(open_streams)
 
     async def stop(self) -> None:
         await self._keep_alive.stop()
