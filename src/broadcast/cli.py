@@ -119,7 +119,8 @@ async def _serve_one_process(config: Config) -> None:
     Socket.IO sessions are refused (503), hypercorn stops listening (new connections are refused,
     so reconnecting clients go elsewhere) and closes idle keep-alive connections, then the app
     closes its connections (SSE streams end with a retry hint, Socket.IO transports close so
-    clients reconnect), which is all hypercorn waits for before it exits."""
+    clients reconnect; most of them from under the app, ``drain.py``) and stops, and the process
+    exits without waiting for hypercorn's graceful timeout."""
     from broadcast.app import app
 
     log = logging.getLogger("broadcast")
