@@ -17,7 +17,10 @@ instead: its last bytes (``goodbye``) go straight to its socket, followed by a F
 socket's reading paused, so that the app never hears of the end and nothing unwinds. The process
 exits soon after (``cli.py``), the kernel closing the sockets. Only the others (long-polling
 Socket.IO, HTTP/2, a stream not yet handed to the pump) are closed the usual way, and the node
-waits for those (``Gate.settled``).
+waits for those (``Gate.settled``). A client that had stopped reading, whose socket still holds
+unsent bytes, loses them and its goodbye: the connection just drops when the process exits.
+Those ended from under the app never leave one by one: ``Presence.everyone_left`` counts them
+out and announces the named users' leaves.
 """
 
 from __future__ import annotations
