@@ -222,7 +222,8 @@ async def test_a_draining_node_ends_each_connection_properly_and_its_users_leave
     start_server: StartServer, redis: RedisServer
 ) -> None:
     """Each connection ends as its protocol says (a websocket with a close frame saying the
-    server goes away, an SSE stream with a retry hint and its body's end), and the other nodes
+    server goes away, an SSE stream with a retry hint and its body's end: the last chunk, or
+    over HTTP/1.0 the connection's close), and the other nodes
     hear every named user leave and see the count drop at once."""
     settings = {"BROADCAST_BROKER_URL": redis.url, "BROADCAST_PRESENCE_TTL_SECONDS": "30"}
     one = start_server(settings, command=[str(VENV_BIN / "broadcast"), "serve"])
@@ -241,10 +242,18 @@ async def test_a_draining_node_ends_each_connection_properly_and_its_users_leave
         await websocket.send_str("40" + json.dumps({"username": "cat"}))
         while not (await websocket.receive_str()).startswith("40"):  # the count may come first
             pass
-        await until(lambda: watcher.last_count == 4, 10, "one count of 4 on both nodes")
+        host, port = one.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /events HTTP/1.0\r\nHost: " + host.encode() + b"\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert b"chunked" not in head.lower(), "HTTP/1.0: the body is not chunked"
+        await until(lambda: watcher.last_count == 5, 10, "one count of 5 on both nodes")
 
         one.process.send_signal(signal.SIGTERM)
         body, ending = await read_to_the_end(stream)
+        old_body = await asyncio.wait_for(reader.read(), 10)  # until the server's FIN
+        writer.close()
         closing = await websocket.receive()
         while closing.type == aiohttp.WSMsgType.TEXT:  # events sent before
             closing = await websocket.receive()
@@ -252,6 +261,7 @@ async def test_a_draining_node_ends_each_connection_properly_and_its_users_leave
 
     assert ending is None, f"the stream's body ended as HTTP says, not cut: {ending}"
     assert body.endswith(b"retry: 2000\n\n: server shutting down\n\n"), body[-80:]
+    assert old_body.endswith(b"retry: 2000\n\n: server shutting down\n\n"), "HTTP/1.0: no chunks"
     assert closing.type == aiohttp.WSMsgType.CLOSE
     assert (closing.data, closing.extra) == (1001, "server shutting down"), "going away"
     await until(lambda: watcher.last_count == 1, 10, "node one's share to go at once")

@@ -174,6 +174,9 @@ class SSETransport:
         self._identity = identity
         self._addresses = addresses
         self._retry_frame = ServerSentEvent(retry=settings.sse_retry_ms, sep="\n").encode()
+        framings: list[Callable[[bytes], bytes]] = [http_chunk, bytes]
+        self._goodbyes = {framing: sse_goodbye(self._retry_frame, framing) for framing in framings}
+        """A stream's end written straight to its socket by the drain, by body framing."""
         self._delivered = broker.metrics.delivered.labels(TRANSPORT)
         self._fanout_seconds = broker.metrics.fanout_seconds.labels(TRANSPORT)
         self._streams: set[Subscriber] = set()
@@ -381,7 +384,7 @@ class SSETransport:
         self._streams.discard(subscriber)
         stream = _PushedStream(connection, framing, missed, pump.offered)
         self._pushed[stream] = None
-        connection.goodbye = sse_goodbye(self._retry_frame, framing)  # the head is out
+        connection.goodbye = self._goodbyes.get(framing)  # the head is out
         try:
             if batch:
                 self._write(stream, framing(b"".join(event.sse_frame for event in batch)))
