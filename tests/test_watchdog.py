@@ -205,3 +205,16 @@ async def test_the_drain_ends_from_under_the_app_only_connections_given_their_go
     assert watchdog.say_goodbye() == 0, "once"
     watchdog.forget(websocket)  # its request returned after all
     assert watchdog.ended_from_under == 1
+
+
+async def test_a_socket_that_fails_its_goodbye_is_aborted() -> None:
+    class BrokenSocket(FakeSocket):
+        def write(self, data: bytes) -> None:
+            raise ConnectionResetError("the client went away meanwhile")
+
+    socket = BrokenSocket()
+    connection = WatchedConnection(no_send, never_receive, HTTP_GONE, socket)
+    connection.goodbye = b"end"
+    assert connection.say_goodbye() is True
+    assert socket.aborted, "the app hears of it and unwinds it the usual way"
+    assert not connection.writable

@@ -151,9 +151,12 @@ class WatchedConnection:
         if goodbye is None or socket is None or self.expired or socket.is_closing():
             return False
         self.expired = self.said_goodbye = True
-        socket.pause_reading()
-        socket.write(goodbye)  # into the kernel's buffer at once, unless the client stalled
-        socket.write_eof()  # a FIN once the buffer is sent
+        try:
+            socket.pause_reading()
+            socket.write(goodbye)  # into the kernel's buffer at once, unless the client stalled
+            socket.write_eof()  # a FIN once the buffer is sent
+        except (OSError, RuntimeError):
+            socket.abort()  # gone meanwhile: the app hears it, and unwinds this one
         return True
 
     def expire(self) -> None:
