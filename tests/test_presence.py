@@ -95,3 +95,27 @@ def test_leave_without_join_is_a_bug() -> None:
     presence = Presence(Broker(MemoryBackend()), MemoryPresence(), 0)
     with pytest.raises(RuntimeError, match="leave without join"):
         presence.leave("sse")
+
+
+async def test_everyone_left_announces_each_named_connection_still_here_then_counts_none() -> None:
+    broker = await started_broker()
+    watcher = broker.subscribe(10_000)
+    presence = Presence(broker, MemoryPresence(), 0)
+    presence.join("sse", "ann")
+    presence.join("socketio", "ann")  # two tabs
+    presence.join("socketio", "bob")
+    presence.join("socketio", "cat")
+    presence.join("sse")
+    presence.leave("socketio", "cat")
+    assert await broker.flush(5) == 0, "the joins and the leave went out"
+    watcher.backlog.clear()
+
+    assert presence.everyone_left() == 3
+    assert presence.local_users == 0
+    assert await broker.flush(5) == 0
+    leaves = [e.data for e in watcher.backlog if e.name == "user"]
+    assert sorted(d["username"] for d in leaves) == ["ann", "ann", "bob"]
+    assert all(d == {**d, "connected": False, "currentUsers": 0} for d in leaves)
+    presence.leave("sse", "ann")  # a connection that ended the usual way after all: counted
+    assert presence.local_users == 0
+    await broker.stop()

@@ -20,8 +20,9 @@ import socketio
 
 from broadcast import drain
 from broadcast.overrides.socketio_rooms import IndexedManager
+from broadcast.transports.framing import http_chunk
 from tests.conftest import StartServer
-from tests.support import VENV_BIN, Server, until
+from tests.support import VENV_BIN, RedisServer, Server, connect_sio, until
 
 CLIENTS = 150
 """Of each transport."""
@@ -205,6 +206,81 @@ async def test_sigterm_stops_accepting_then_drains_clients_that_reconnect(
     assert took < 1, f"the server took {took:.2f} s from SIGTERM to exit"
 
 
+async def read_to_the_end(response: httpx.Response) -> tuple[bytes, str | None]:
+    """The whole body, and how it ended (``None``: as HTTP says, the final chunk)."""
+    body = b""
+    try:
+        async for chunk in response.aiter_bytes():
+            body += chunk
+    except httpx.TransportError as exc:
+        return body, repr(exc)
+    return body, None
+
+
+@pytest.mark.timeout(60)
+async def test_a_draining_node_ends_each_connection_properly_and_its_users_leave_everywhere(
+    start_server: StartServer, redis: RedisServer
+) -> None:
+    """Each connection ends as its protocol says (a websocket with a close frame saying the
+    server goes away, an SSE stream with a retry hint and its body's end: the last chunk, or
+    over HTTP/1.0 the connection's close), and the other nodes
+    hear every named user leave and see the count drop at once."""
+    settings = {"BROADCAST_BROKER_URL": redis.url, "BROADCAST_PRESENCE_TTL_SECONDS": "30"}
+    one = start_server(settings, command=[str(VENV_BIN / "broadcast"), "serve"])
+    two = start_server(settings)
+    watcher = await connect_sio(two.url, ["websocket"])
+    named = await connect_sio(one.url, ["websocket"], auth={"username": "bob"})
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(30)) as http,
+        aiohttp.ClientSession() as session,
+        http.stream("GET", f"{one.url}/events", params={"username": "ann"}) as stream,
+        session.ws_connect(f"{one.url}/socket.io/?EIO=4&transport=websocket") as websocket,
+    ):
+        assert stream.status_code == 200
+        opening = await websocket.receive_str()
+        assert opening.startswith("0"), opening
+        await websocket.send_str("40" + json.dumps({"username": "cat"}))
+        while not (await websocket.receive_str()).startswith("40"):  # the count may come first
+            pass
+        host, port = one.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /events HTTP/1.0\r\nHost: " + host.encode() + b"\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert b"chunked" not in head.lower(), "HTTP/1.0: the body is not chunked"
+        await until(lambda: watcher.last_count == 5, 10, "one count of 5 on both nodes")
+
+        one.process.send_signal(signal.SIGTERM)
+        body, ending = await read_to_the_end(stream)
+        old_body = await asyncio.wait_for(reader.read(), 10)  # until the server's FIN
+        writer.close()
+        closing = await websocket.receive()
+        while closing.type == aiohttp.WSMsgType.TEXT:  # events sent before
+            closing = await websocket.receive()
+        await until(lambda: one.process.poll() is not None, 10, "node one to exit")
+
+    assert ending is None, f"the stream's body ended as HTTP says, not cut: {ending}"
+    assert body.endswith(b"retry: 2000\n\n: server shutting down\n\n"), body[-80:]
+    assert old_body.endswith(b"retry: 2000\n\n: server shutting down\n\n"), "HTTP/1.0: no chunks"
+    assert closing.type == aiohttp.WSMsgType.CLOSE
+    assert (closing.data, closing.extra) == (1001, "server shutting down"), "going away"
+    await until(lambda: watcher.last_count == 1, 10, "node one's share to go at once")
+    assert two.user_count() == 1
+
+    def left() -> list[str]:
+        return sorted(
+            d["username"] for e, d in watcher.events if e == "user" and not d["connected"]
+        )
+
+    await until(lambda: len(left()) >= 3, 10, "every named user's leave")
+    assert left() == ["ann", "bob", "cat"]
+    assert one.process.returncode == 0
+    log = one.log()
+    assert "Traceback" not in log, log
+    assert "Exception in callback" not in log, log
+    assert named.client.connected is False
+
+
 # ---------------------------------------------------------------------------- the gate (unit)
 
 
@@ -285,3 +361,36 @@ def test_the_indexed_manager_leaves_the_state_python_socketio_would() -> None:
     both("basic_disconnect", "nobody", "/")
     both("basic_disconnect", "s5", "/nowhere")
     assert sorted(ours.get_rooms("s5", "/")) == ["everyone", "s5"]
+
+
+def test_the_goodbyes_are_a_going_away_close_frame_and_an_sse_stream_s_end() -> None:
+    frame = drain.WEBSOCKET_GOODBYE
+    assert frame[0] == 0x88, "FIN, opcode close, no RSV bit (never compressed)"
+    assert frame[1] == len(frame) - 2, "unmasked (a server's), the length of its payload"
+    assert int.from_bytes(frame[2:4], "big") == 1001
+    assert frame[4:] == b"server shutting down"
+
+    retry = b"retry: 2000\n\n"
+    last = retry + b": server shutting down\n\n"
+    assert drain.sse_goodbye(retry, http_chunk) == http_chunk(last) + b"0\r\n\r\n"
+    assert drain.sse_goodbye(retry, bytes) == last, "HTTP/1.0: the connection's close ends it"
+
+
+async def test_the_gate_waits_until_only_the_requests_ended_from_under_the_app_are_open() -> None:
+    gate = drain.Gate()
+    for _ in range(5):
+        gate.entered()
+    ended = [2]
+    assert await gate.settled(lambda: ended[0], 0.05) is False, "3 others still open"
+    waiting = asyncio.create_task(gate.settled(lambda: ended[0], 10))
+    gate.left()
+    gate.left()
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    ended[0] = 1  # one ended from under the app returned after all
+    gate.left()
+    await asyncio.sleep(0)
+    assert not waiting.done(), "one of the others is still open"
+    gate.left()
+    assert await asyncio.wait_for(waiting, 5) is True
+    assert gate.open == 1

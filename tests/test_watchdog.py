@@ -26,9 +26,20 @@ class FakeSocket:
     def __init__(self) -> None:
         self.buffered = 0
         self.aborted = False
+        self.written = b""
+        self.reading = True
+        self.eof = False
 
     def write(self, data: bytes) -> None:
+        assert not self.eof, "a write after the FIN"
         self.buffered += len(data)
+        self.written += data
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def write_eof(self) -> None:
+        self.eof = True
 
     def is_closing(self) -> bool:
         return self.aborted
@@ -150,3 +161,60 @@ def test_a_forgotten_connection_is_never_swept() -> None:
     watchdog.forget(connection)
     assert watchdog.sweep() == 0
     assert not connection.expired
+
+
+async def test_the_drain_ends_from_under_the_app_only_connections_given_their_goodbye() -> None:
+    watchdog = SendWatchdog(timeout=10, evicted=evicted())
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    stream_socket, websocket_socket, other_socket = FakeSocket(), FakeSocket(), FakeSocket()
+    stream = watchdog.watch(send, never_receive, HTTP_GONE, stream_socket)
+    websocket = watchdog.watch(send, never_receive, HTTP_GONE, websocket_socket, b"bye")
+    other = watchdog.watch(send, never_receive, HTTP_GONE, other_socket, b"bye")
+    no_socket = watchdog.watch(send, never_receive, HTTP_GONE, None)
+    no_socket.goodbye = b"end"
+    stream.goodbye = b"end"  # the transport: its head is out
+    await websocket.send({"type": "websocket.accept"})  # its handshake is out
+    await other.send({"type": "websocket.http.response.start"})  # refused: never a websocket
+    assert websocket.goodbye == b"bye"
+    assert other.goodbye is None
+
+    assert watchdog.say_goodbye() == 2
+    assert stream_socket.written == b"end"
+    assert websocket_socket.written == b"bye"
+    for socket in (stream_socket, websocket_socket):
+        assert socket.eof, "a FIN after the goodbye"
+        assert not socket.reading, "the app never hears the client's close"
+        assert not socket.aborted
+    assert (other_socket.written, other_socket.eof, other_socket.reading) == (b"", False, True)
+    assert [c.said_goodbye for c in (stream, websocket, other, no_socket)] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert watchdog.ended_from_under == 2
+
+    sent.clear()
+    await stream.send({"type": "http.response.body", "body": b"late"})
+    assert sent == [], "nothing goes out after the goodbye"
+    assert not stream.writable, "nor directly"
+    assert watchdog.say_goodbye() == 0, "once"
+    watchdog.forget(websocket)  # its request returned after all
+    assert watchdog.ended_from_under == 1
+
+
+async def test_a_socket_that_fails_its_goodbye_is_aborted() -> None:
+    class BrokenSocket(FakeSocket):
+        def write(self, data: bytes) -> None:
+            raise ConnectionResetError("the client went away meanwhile")
+
+    socket = BrokenSocket()
+    connection = WatchedConnection(no_send, never_receive, HTTP_GONE, socket)
+    connection.goodbye = b"end"
+    assert connection.say_goodbye() is True
+    assert socket.aborted, "the app hears of it and unwinds it the usual way"
+    assert not connection.writable

@@ -6,6 +6,7 @@ module's namespace, so it cannot be lazy); tests and embedders call ``create_app
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -104,6 +105,7 @@ class BroadcastApp(Litestar):
             await drain.refuse(scope, send)
             return
         scope[SERVER_SEND] = send
+        self.gate.entered()
         try:
             await super().__call__(scope, receive, send)
         finally:
@@ -111,6 +113,7 @@ class BroadcastApp(Litestar):
             # request ends as a reference cycle holding its body (a publish's whole event),
             # which the raised collector thresholds (``lifespan``) leave for a long time.
             scope.pop(SERVER_SEND, None)
+            self.gate.left()
 
 
 def create_app(settings: Settings) -> BroadcastApp:
@@ -136,6 +139,9 @@ def create_app(settings: Settings) -> BroadcastApp:
     sse_transport = SSETransport(settings, broker, sessions, addresses, watchdog, overrides)
     tokens = publish_tokens(settings)
     static = static_directory()
+    # Collects the cycles departed connections left (see the collector thresholds below) and
+    # hands freed memory back to the OS once the audience has shrunk.
+    memory = MemoryReturn.for_this_platform(lambda: presence.local_users)
 
     # Every long-lived task of the app: a crash is logged, counted, shown in /readyz, and the
     # task restarted (``supervisor.py``).
@@ -153,33 +159,79 @@ def create_app(settings: Settings) -> BroadcastApp:
         # long-lived state. Freeze what startup made and collect the young generation less often.
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
-        # The price: cycles left by departed connections wait long for a full collection. This
-        # collects them and hands freed memory back to the OS once the audience has shrunk.
-        memory = MemoryReturn.for_this_platform(lambda: presence.local_users)
         supervisor.start("memory-return", memory.run)
         logger.info("broadcast %s serving; broker %s", __version__, redact_url(settings.broker_url))
         try:
             yield
         finally:
-            await supervisor.cancel("memory-return")
-            await supervisor.cancel("send-watchdog")
-            await sse_transport.stop()
-            await socketio_transport.stop()
-            await presence.stop()
-            await broker.stop()
-            await supervisor.stop()  # anything left
+            await stop()
+
+    stopped = False
+
+    async def stop() -> None:
+        """Stop every part, once: at the lifespan's shutdown, or at the end of the drain,
+        whichever comes first."""
+        nonlocal stopped
+        if stopped:
+            return
+        stopped = True
+        await supervisor.cancel("memory-return")
+        await supervisor.cancel("send-watchdog")
+        await sse_transport.stop()
+        await socketio_transport.stop()
+        await presence.stop()
+        await broker.stop()
+        await supervisor.stop()  # anything left
 
     gate = drain.Gate()
 
-    async def drain_now() -> None:
-        """Refuse new streams and sessions, and close every connection now, telling clients to
-        come back (``broadcast serve`` calls this on SIGTERM once it has stopped listening, before
-        hypercorn's graceful wait, which then has nothing to wait for)."""
+    async def drain_now(within: float) -> None:
+        """Refuse new streams and sessions, close every connection now, telling clients to come
+        back, and stop (``broadcast serve`` calls this on SIGTERM once it has stopped listening,
+        then exits the process at once: the connections ended from under the app never
+        return, and would hold hypercorn's graceful wait).
+
+        Every connection that can be is ended from under the app (``drain.py``), all at once:
+        the others the usual way, waited for ``within`` seconds at most. Then everyone still
+        counted here leaves at once (named users' leaves announced, and sent to the other nodes,
+        ``LEAVES_SENT_WITHIN`` seconds at most), and the parts stop (with Redis, this node's
+        share of the count is removed)."""
         gate.draining = True
-        streams = sse_transport.streams
-        broker.hub.close_all(SHUTTING_DOWN)
-        sessions = await socketio_transport.close_all()
-        logger.info("closing %d SSE streams and %d Socket.IO sessions", streams, sessions)
+
+        async def close() -> tuple[int, int, int]:
+            ended = watchdog.say_goodbye()
+            streams = sse_transport.close_own_streams(SHUTTING_DOWN)
+            return ended, streams, await socketio_transport.close_all()
+
+        closed = await close()
+        logger.info(
+            "closing %d connections at once, %d SSE streams and %d Socket.IO sessions the usual "
+            "way",
+            *closed,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            wait = min(drain.RECHECK_SECONDS, deadline - loop.time())
+            if await gate.settled(lambda: watchdog.ended_from_under, wait):
+                break
+            if loop.time() >= deadline:
+                left = gate.open - watchdog.ended_from_under
+                logger.warning("%d requests still open after %.1f s: cut off", left, within)
+                break
+            # A request that passed the gate just before it closed may have opened a stream or
+            # a session since.
+            if any(late := await close()):
+                logger.info(
+                    "closing %d more connections at once, %d SSE streams and %d Socket.IO "
+                    "sessions the usual way (opened as the drain began)",
+                    *late,
+                )
+        if presence.everyone_left() and (unsent := await broker.flush(drain.LEAVES_SENT_WITHIN)):
+            logger.warning(
+                "%d named users' leaves not announced to the other nodes: no time left", unsent
+            )
+        await stop()
 
     @get("/", media_type=MediaType.HTML, include_in_schema=False)
     async def index() -> File:

@@ -119,7 +119,8 @@ async def _serve_one_process(config: Config) -> None:
     Socket.IO sessions are refused (503), hypercorn stops listening (new connections are refused,
     so reconnecting clients go elsewhere) and closes idle keep-alive connections, then the app
     closes its connections (SSE streams end with a retry hint, Socket.IO transports close so
-    clients reconnect), which is all hypercorn waits for before it exits."""
+    clients reconnect; most of them from under the app, ``drain.py``) and stops, and the process
+    exits without waiting for hypercorn's graceful timeout."""
     from broadcast.app import app
 
     log = logging.getLogger("broadcast")
@@ -129,7 +130,9 @@ async def _serve_one_process(config: Config) -> None:
         loop.add_signal_handler(signal_number, stop.set)
     draining: list[asyncio.Task[None]] = []
 
-    async def drain_once_not_listening(listeners: list[asyncio.AbstractServer]) -> None:
+    async def drain_once_not_listening(
+        listeners: list[asyncio.AbstractServer], signalled: float
+    ) -> None:
         for _ in range(LISTENERS_CLOSE_WITHIN):
             if not any(server.is_serving() for server in listeners):
                 break
@@ -139,9 +142,16 @@ async def _serve_one_process(config: Config) -> None:
             for server in listeners:
                 server.close()
         try:
-            await app.state.drain()
+            await app.state.drain(config.graceful_timeout)
         except Exception:
             log.exception("draining failed; hypercorn closes what is left")
+            return
+        # Every connection is closed or ended from under the app, and the app has stopped
+        # (with Redis, this node's share of the count is gone). The connections ended from
+        # under it never return, so hypercorn would wait for them: exit now (the kernel closes
+        # their sockets), and skip tearing down the objects of thousands of connections.
+        log.info("drained in %.0f ms; exiting", (loop.time() - signalled) * 1000)
+        exit_now()
 
     async def shutdown_trigger() -> None:
         # hypercorn calls this once its listeners are open.
@@ -153,23 +163,27 @@ async def _serve_one_process(config: Config) -> None:
             )
             listeners = []
         await stop.wait()
+        signalled = loop.time()
         log.info("shutting down: no longer accepting connections; closing those open")
         app.gate.draining = True
         # The process is about to exit: a full collection over thousands of connections now
         # (0.6 s and more) would only hold the drain up.
         gc.disable()
-        draining.append(asyncio.create_task(drain_once_not_listening(listeners)))
+        draining.append(asyncio.create_task(drain_once_not_listening(listeners, signalled)))
 
     await serve(app, config, shutdown_trigger=shutdown_trigger)
     if draining:
-        # Every connection is closed and the lifespan has shut down (the broker too: with Redis,
-        # this node's share of the count is gone). What is left is tearing down the objects of
-        # thousands of connections one by one (their tasks cancelled, then the interpreter
-        # freeing everything), which takes longer than the whole drain: skip it.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        # The drain failed, and hypercorn closed what was left and shut the lifespan down.
+        # What is left is tearing down the objects of thousands of connections one by one
+        # (their tasks cancelled, then the interpreter freeing everything): skip it.
+        exit_now()
+
+
+def exit_now() -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _publish(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ was told the count of its arrival may still be here, holding a number that has s
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 
 from broadcast.broker import Broker, PresenceBackend
@@ -77,6 +78,9 @@ class Presence:
         self._metrics = metrics or Metrics()
         self.backend = backend
         self.connections: dict[str, int] = dict.fromkeys(TRANSPORTS, 0)
+        self._named: Counter[str] = Counter()
+        """The connections of named users, by name (for ``everyone_left``)."""
+        self._everyone_left = False
         self.remote_users = 0
         self._base_window = conflation_window
         self._max_frames_per_second = max_frames_per_second
@@ -121,10 +125,13 @@ class Presence:
         self.backend.local_changed(self.local_users)
         announced = self._announcer.changed()
         if username is not None:
+            self._named[username] += 1
             self._announce_user(username, connected=True)
         return announced
 
     def leave(self, transport: str, username: str | None = None) -> None:
+        if self._everyone_left:
+            return  # counted out already (a connection the drain waited for in vain)
         if self.connections[transport] <= 0:
             raise RuntimeError(f"leave without join on transport {transport!r}")
         self.connections[transport] -= 1
@@ -132,7 +139,24 @@ class Presence:
         self.backend.local_changed(self.local_users)
         self._announcer.changed()
         if username is not None:
+            self._named[username] -= 1
+            if not self._named[username]:
+                del self._named[username]
             self._announce_user(username, connected=False)
+
+    def everyone_left(self) -> int:
+        """This node is going away and its connections were ended without leaving one by one
+        (``drain.py``): count everyone out at once, and announce every named user's leave, as
+        each would have (with the count once they have all left); how many were announced."""
+        self._everyone_left = True
+        for transport in self.connections:
+            self.connections[transport] = 0
+        self.backend.local_changed(0)
+        leaving = list(self._named.elements())
+        self._named.clear()
+        for username in leaving:
+            self._announce_user(username, connected=False)
+        return len(leaving)
 
     def _announce_user(self, username: str, connected: bool) -> None:
         data = {"username": username, "currentUsers": self.user_count, "connected": connected}

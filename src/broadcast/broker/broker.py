@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 
@@ -29,11 +30,22 @@ class Broker:
         self._outbox: deque[tuple[str, Event]] = deque()
         self._outbox_ready = asyncio.Event()
         self._supervisor: Supervisor | None = None
+        self._outbox_sent = asyncio.Event()
+        """Set while every announcement queued has been published (or given up on)."""
+        self._outbox_sent.set()
 
     async def start(self, supervisor: Supervisor) -> None:
         self._supervisor = supervisor
         await self.backend.start(self._received, supervisor)
         supervisor.start("broker-outbox", self._send_outbox)
+
+    async def flush(self, within: float) -> int:
+        """Wait until the announcements queued so far are published, ``within`` seconds at
+        most (a node that is going away: ``stop`` drops what is left); how many were not."""
+        if self._supervisor is not None and self._supervisor.running("broker-outbox"):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._outbox_sent.wait(), within)
+        return len(self._outbox)
 
     async def stop(self, reason: Evicted = SHUTTING_DOWN) -> None:
         self.hub.close_all(reason)
@@ -56,6 +68,7 @@ class Broker:
     def publish_soon(self, event: Event, channel: str = DEFAULT_CHANNEL) -> None:
         """``publish`` from code that cannot wait; events go out in the order given."""
         self._outbox.append((channel, event))
+        self._outbox_sent.clear()
         self._outbox_ready.set()
 
     def publish_local(self, event: Event, channel: str = DEFAULT_CHANNEL) -> None:
@@ -90,3 +103,4 @@ class Broker:
                     self.hub.dispatch(channel, event)
                 except Exception:
                     logger.exception("could not publish %r", event.name)
+            self._outbox_sent.set()

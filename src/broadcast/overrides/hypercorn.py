@@ -38,8 +38,19 @@ class Socket(Protocol):
 
     def abort(self) -> None: ...
 
+    def pause_reading(self) -> None: ...
 
-_SOCKET_METHODS = ("write", "is_closing", "get_write_buffer_size", "abort")
+    def write_eof(self) -> None: ...
+
+
+_SOCKET_METHODS = (
+    "write",
+    "is_closing",
+    "get_write_buffer_size",
+    "abort",
+    "pause_reading",  # these two: the drain's goodbye (drain.py)
+    "write_eof",
+)
 
 
 def socket_of(scope: Any) -> Socket | None:

@@ -34,7 +34,7 @@ from litestar.handlers import ASGIRouteHandler
 from litestar.types import Receive, Scope, Send
 
 from broadcast.broker import Broker, BrokerUnavailable, Overflow, Subscriber, SubscriberClosed
-from broadcast.drain import SHUTTING_DOWN
+from broadcast.drain import SHUTTING_DOWN, WEBSOCKET_GOODBYE
 from broadcast.events import CHAT_MESSAGE, ERROR, Event
 from broadcast.eviction import Evicted
 from broadcast.fanout import PUMP_BACKLOG, Pump, Span
@@ -151,7 +151,9 @@ class SocketIOTransport:
             if scope["type"] != ScopeType.WEBSOCKET:
                 await asgi_app(scope, receive, send)
                 return
-            connection = watchdog.watch(send, receive, WEBSOCKET_GONE, find_socket(scope))
+            connection = watchdog.watch(
+                send, receive, WEBSOCKET_GONE, find_socket(scope), WEBSOCKET_GOODBYE
+            )
             scope[CONNECTION] = connection  # type: ignore[literal-required]  # for the pump
 
             async def receive_decodable() -> Any:
@@ -193,13 +195,26 @@ class SocketIOTransport:
         reconnects. A no-op packet answers a pending long-poll (the next poll finds the node
         gone); a websocket closes once its queue is sent. hypercorn waits for those writes.
         Returns how many sessions it closed."""
-        sockets = [s for s in self.server.eio.sockets.values() if not s.closed]
+        sockets = [s for s in self.server.eio.sockets.values() if not self._ended(s)]
         for socket in sockets:
             with contextlib.suppress(Exception):
                 await socket.close(wait=False, abort=True, reason=SHUTTING_DOWN)
                 socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
                 socket.queue.put_nowait(None)  # ends the writer (websocket) or the next poll
         return len(sockets)
+
+    def _ended(self, socket: Any) -> bool:
+        """A session closed, or whose websocket the drain ended from under the app (left as
+        it is: its end would unwind through python-engineio and hypercorn)."""
+        if socket.closed:
+            return True
+        connection = self.server.eio.websockets.get(socket.sid)
+        return bool(
+            connection is not None
+            and connection.said_goodbye
+            and socket.upgraded
+            and not socket.upgrading
+        )
 
     # ------------------------------------------------------------------ connections
 

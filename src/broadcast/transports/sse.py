@@ -40,6 +40,7 @@ from litestar.params import Parameter
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from broadcast.broker import Broker, Overflow, Subscriber, SubscriberClosed
+from broadcast.drain import sse_goodbye
 from broadcast.events import Event
 from broadcast.eviction import SHUTTING_DOWN, Evicted, Eviction
 from broadcast.fanout import PUMP_BACKLOG, SLICE, Pump, Span
@@ -118,6 +119,9 @@ class SSETransport:
         self._sessions = sessions
         self._addresses = addresses
         self._retry_frame = ServerSentEvent(retry=settings.sse_retry_ms, sep="\n").encode()
+        framings: list[Callable[[bytes], bytes]] = [http_chunk, bytes]
+        self._goodbyes = {framing: sse_goodbye(self._retry_frame, framing) for framing in framings}
+        """A stream's end written straight to its socket by the drain, by body framing."""
         self._delivered = broker.metrics.delivered.labels(TRANSPORT)
         self._fanout_seconds = broker.metrics.fanout_seconds.labels(TRANSPORT)
         self._streams: set[Subscriber] = set()
@@ -140,6 +144,14 @@ class SSETransport:
         )
         supervisor.start("sse-pump", lambda: self._run_pump(subscriber))
         supervisor.start("sse-keep-alive", self._send_keep_alives)
+
+    def close_own_streams(self, reason: Evicted) -> int:
+        """End the streams the pump does not write to, the usual way (the drain ends the
+        others from under the app); how many (not counting those closed before)."""
+        open_streams = [s for s in self._streams if s.closed_reason is None]
+        for subscriber in open_streams:
+            subscriber.close(reason)
+        return len(open_streams)
 
     async def stop(self) -> None:
         if self._supervisor is not None:
@@ -321,12 +333,14 @@ class SSETransport:
         self._streams.discard(subscriber)
         stream.connection, stream.framing, stream.position = connection, framing, pump.offered
         self._pushed[stream] = None
+        connection.goodbye = self._goodbyes.get(framing)  # the head is out
         try:
             if batch:
                 self._write(stream, framing(b"".join(event.sse_frame for event in batch)))
                 self._delivered.inc(len(batch) - batch.count(KEEP_ALIVE))
             return await stream.closed
         finally:
+            connection.goodbye = None  # ended the usual way: the stream writes its own end
             self._pushed.pop(stream, None)
 
     def _write(self, stream: _Stream, data: bytes) -> None:

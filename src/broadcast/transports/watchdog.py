@@ -17,6 +17,10 @@ blocks; the same
 deadline then applies to the socket's buffer: a connection whose socket has held more than
 ``STALLED_BYTES`` unsent for longer than the timeout is expired too. Expiring aborts the socket,
 so a client cut off does not keep its buffers (and the TCP connection) on the server.
+
+The watchdog also knows every connection with a socket, for the drain (``drain.py``): each one
+whose transport has given it its ``goodbye`` bytes is ended from under the app at once
+(``SendWatchdog.say_goodbye``).
 """
 
 from __future__ import annotations
@@ -46,7 +50,12 @@ class WatchedConnection:
     """One connection's ASGI ``send`` and ``receive``, watched for writes that never finish."""
 
     def __init__(
-        self, send: Send, receive: Receive, disconnect: dict[str, Any], socket: Socket | None
+        self,
+        send: Send,
+        receive: Receive,
+        disconnect: dict[str, Any],
+        socket: Socket | None,
+        goodbye_once_accepted: bytes | None = None,
     ) -> None:
         self._send = send
         self._receive = receive
@@ -58,6 +67,12 @@ class WatchedConnection:
         self.stalled_since: float | None = None
         """When the socket's buffer went over ``STALLED_BYTES`` (after a direct write)."""
         self.expired = False
+        self.goodbye: bytes | None = None
+        """What ends this connection when written straight to its socket (``say_goodbye``),
+        set once everything sent through ASGI before it has gone out: the head of an SSE
+        stream, a websocket's handshake."""
+        self._goodbye_once_accepted = goodbye_once_accepted
+        self.said_goodbye = False
         self._writer: asyncio.Task[Any] | None = None
         self._receiving: asyncio.Future[Any] | None = None
 
@@ -75,6 +90,9 @@ class WatchedConnection:
             raise
         finally:
             self.since = None
+        if self._goodbye_once_accepted is not None and message["type"] == "websocket.accept":
+            # hypercorn has written the handshake's response to the socket.
+            self.goodbye, self._goodbye_once_accepted = self._goodbye_once_accepted, None
 
     @property
     def writable(self) -> bool:
@@ -121,6 +139,26 @@ class WatchedConnection:
         finally:
             self._receiving = None
 
+    def say_goodbye(self) -> bool:
+        """End the connection from under the app (only once its ``goodbye`` is set): write the
+        goodbye to the socket, then a FIN after it, and stop reading the socket, so the app
+        never hears the client's close and never unwinds. Nothing more goes out, through ASGI
+        or directly (it counts as expired). Whether it was ended so.
+
+        The process must exit soon after: the connection's request never returns, and the
+        client's close is never read (the kernel closes the socket when the process exits)."""
+        socket, goodbye = self.socket, self.goodbye
+        if goodbye is None or socket is None or self.expired or socket.is_closing():
+            return False
+        self.expired = self.said_goodbye = True
+        try:
+            socket.pause_reading()
+            socket.write(goodbye)  # into the kernel's buffer at once, unless the client stalled
+            socket.write_eof()  # a FIN once the buffer is sent
+        except (OSError, RuntimeError):
+            socket.abort()  # gone meanwhile: the app hears it, and unwinds this one
+        return True
+
     def expire(self) -> None:
         """Cut the connection off: cancel a blocked write, end a pending receive, and drop the
         socket with whatever it still holds (the client is not reading it)."""
@@ -144,6 +182,7 @@ class SendWatchdog:
         self.timeout = timeout
         self._evicted = evicted
         self._watched: set[WatchedConnection] = set()
+        self._said_goodbye: set[WatchedConnection] = set()
 
     def watch(
         self,
@@ -151,13 +190,31 @@ class SendWatchdog:
         receive: Receive,
         disconnect: dict[str, Any],
         socket: Socket | None = None,
+        goodbye_once_accepted: bytes | None = None,
     ) -> WatchedConnection:
-        connection = WatchedConnection(send, receive, disconnect, socket)
+        """Watch a connection; ``goodbye_once_accepted``: a websocket's goodbye, set once its
+        handshake has gone out."""
+        connection = WatchedConnection(send, receive, disconnect, socket, goodbye_once_accepted)
         self._watched.add(connection)
         return connection
 
     def forget(self, connection: WatchedConnection) -> None:
         self._watched.discard(connection)
+        self._said_goodbye.discard(connection)
+
+    def say_goodbye(self) -> int:
+        """End every connection that has its goodbye from under the app (``WatchedConnection.
+        say_goodbye``); how many. (The sweep never sees them again.)"""
+        ended = [c for c in self._watched if c.say_goodbye()]
+        self._watched.difference_update(ended)
+        self._said_goodbye.update(ended)
+        return len(ended)
+
+    @property
+    def ended_from_under(self) -> int:
+        """Connections ended by ``say_goodbye`` whose request has not returned (they never do,
+        but for one that was already on its way out)."""
+        return len(self._said_goodbye)
 
     def sweep(self) -> int:
         """Expire every connection stuck in a write; how many."""
