@@ -5,17 +5,15 @@ connection of each session (for the pump's direct writes), and follows the proto
 python-engineio does not (the official test suite, ``tests/protocol-suite/``, and
 ``docs/socketio-conformance.md``): refusals carry Engine.IO's error bodies, a client's CLOSE
 packet ends its session at once, a second websocket for a session is closed. Every client gets
-an outgoing queue that counts its bytes, and the pump sends ``Frame``s, which know their size
-and their WebSocket framing.
+an outgoing queue that counts its bytes (``engineio_wire.py``: the queue, the ``Frame``s the
+pump sends, the protocol's error bodies).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-from collections import deque
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -25,7 +23,15 @@ from engineio.async_drivers import asgi as engineio_asgi
 from engineio.async_socket import AsyncSocket
 
 from broadcast.overrides.check import signatures
-from broadcast.transports.framing import websocket_text
+from broadcast.overrides.engineio_wire import (
+    BAD_REQUEST,
+    FORBIDDEN,
+    CountingQueue,
+    code_of,
+    error_response,
+    refusal_of,
+    respond,
+)
 from broadcast.transports.watchdog import WatchedConnection
 
 logger = logging.getLogger(__name__)
@@ -36,162 +42,6 @@ end (the reference server holds it too: its upgrade check runs every 100 ms)."""
 
 CONNECTION = "broadcast.connection"
 """The scope key under which a websocket's ``WatchedConnection`` reaches python-engineio."""
-
-
-class Frame(eio_packet.Packet):  # type: ignore[misc]
-    """An Engine.IO MESSAGE packet that knows its size in bytes (for the client's buffer) and
-    its WebSocket frame (for direct writes: the same bytes for every client)."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(eio_packet.MESSAGE, text)
-        self.size = len(text.encode())
-        self._websocket: bytes | None = None
-
-    @property
-    def websocket(self) -> bytes:
-        if self._websocket is None:
-            self._websocket = websocket_text(self.encode().encode())
-        return self._websocket
-
-
-def packet_size(pkt: Any) -> int:
-    size = getattr(pkt, "size", None)
-    if isinstance(size, int):
-        return size
-    data = getattr(pkt, "data", None)
-    return len(data) if isinstance(data, str | bytes) else 1
-
-
-class CountingQueue(asyncio.Queue[Any]):
-    """An Engine.IO client's outgoing queue that knows how many bytes it holds.
-
-    Its ``get`` returns a future rather than a coroutine: python-engineio's writer awaits
-    ``wait_for(queue.get(), timeout)`` once per wake-up, and ``wait_for`` wraps a coroutine in a
-    new Task each time (a future it takes as is), a cost paid per client per event in fan-out.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bytes = 0
-        self._waiting: deque[asyncio.Future[Any]] = deque()
-
-    def get(self) -> asyncio.Future[Any]:  # type: ignore[override]
-        waiter = asyncio.get_running_loop().create_future()
-        if self.empty():
-            self._waiting.append(waiter)
-        else:
-            waiter.set_result(self.get_nowait())
-        return waiter
-
-    def put_nowait(self, item: Any) -> None:
-        super().put_nowait(item)
-        while self._waiting and not self.empty():
-            waiter = self._waiting.popleft()
-            if not waiter.done():  # not given up on (a timed-out or cancelled poll)
-                waiter.set_result(self.get_nowait())
-
-    def _put(self, item: Any) -> None:
-        if item is not None:
-            self.bytes += packet_size(item)
-        super()._put(item)
-
-    def _get(self) -> Any:
-        item = super()._get()
-        if item is not None:
-            self.bytes -= packet_size(item)
-        return item
-
-    @property
-    def idle(self) -> bool:
-        """Its writer is waiting for packets: everything queued before has been sent (the
-        writer takes the next packets only once it has written the previous ones)."""
-        return bool(self._waiting) and not self._waiting[-1].done()
-
-    def clear(self) -> None:
-        """Drop everything queued (the client is being disconnected)."""
-        while not self.empty():
-            self.get_nowait()
-            self.task_done()
-
-    def peek(self) -> Any:
-        """The next packet, left in the queue (``None``: empty)."""
-        return self._queue[0] if self.qsize() else None  # type: ignore[attr-defined]
-
-
-# ---------------------------------------------------------------------------- Engine.IO errors
-
-# Engine.IO's error codes (the reference server's ``Server.errors``), sent as
-# ``{"code": N, "message": "..."}`` with every refused request, HTTP or websocket.
-UNKNOWN_TRANSPORT, UNKNOWN_SID, BAD_HANDSHAKE_METHOD, BAD_REQUEST, FORBIDDEN = range(5)
-UNSUPPORTED_PROTOCOL_VERSION = 5
-
-
-def error_response(status: int, code: int, message: str) -> dict[str, Any]:
-    """A refusal as python-engineio's response dicts: JSON ``{"code", "message"}``."""
-    reason = "FORBIDDEN" if status == 403 else "BAD REQUEST"
-    return {
-        "status": f"{status} {reason}",
-        "headers": [("Content-Type", "application/json")],
-        "response": json.dumps({"code": code, "message": message}).encode(),
-    }
-
-
-def _code_of(message: str) -> int:
-    """The Engine.IO error code of one of python-engineio's bad-request messages."""
-    if message.startswith("Invalid transport"):
-        return UNKNOWN_TRANSPORT
-    if message.startswith("Invalid session"):
-        return UNKNOWN_SID
-    if "unsupported version" in message:
-        return UNSUPPORTED_PROTOCOL_VERSION
-    return BAD_REQUEST
-
-
-async def _respond(status: str, headers: list[Any], payload: Any, environ: dict[str, Any]) -> None:
-    """python-engineio's ASGI ``make_response``, except that a refused websocket gets its status
-    and body as an HTTP response (the ASGI websocket denial extension, which hypercorn has)
-    instead of a bare close, which the server turns into a 403 without a body."""
-    scope = environ["asgi.scope"]
-    extensions = scope.get("extensions") or {}
-    if scope["type"] != "websocket" or status.startswith("200 "):
-        await engineio_asgi.make_response(status, headers, payload, environ)
-    elif "websocket.http.response" not in extensions:
-        await environ["asgi.send"]({"type": "websocket.close"})
-    else:
-        send = environ["asgi.send"]
-        encoded = [(name.encode(), value.encode()) for name, value in headers]
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": int(status.split(" ")[0]),
-                "headers": encoded,
-            }
-        )
-        body = payload if isinstance(payload, bytes) else str(payload or "").encode()
-        await send({"type": "websocket.http.response.body", "body": body})
-
-
-def _refusal(scope: dict[str, Any], query: dict[str, list[str]], transports: Any) -> Any:
-    """A request python-engineio would get wrong, refused as the protocol says (``None``: let
-    python-engineio handle it): no ``transport`` (it assumes polling, even for a websocket),
-    a method other than GET, POST and OPTIONS (405, where the protocol says 400), a handshake
-    that is not a GET, a websocket that is not ``transport=websocket``."""
-    transport = query.get("transport", [None])[0]
-    has_sid = "sid" in query
-    if transport not in transports:
-        return error_response(400, UNKNOWN_TRANSPORT, "Invalid transport")
-    if scope["type"] == "websocket":
-        if transport != "websocket":
-            return error_response(400, BAD_REQUEST, "Invalid websocket upgrade")
-        return None
-    method = scope.get("method")
-    if method == "OPTIONS":
-        return None
-    if not has_sid and method != "GET":
-        return error_response(400, BAD_HANDSHAKE_METHOD, "Bad handshake method")
-    if method not in ("GET", "POST"):
-        return error_response(400, BAD_REQUEST, f"Method {method} not supported")
-    return None
 
 
 # ---------------------------------------------------------------------------- Engine.IO server
@@ -264,7 +114,7 @@ class EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         drivers: dict[str, Any] = getattr(self, "_async")  # noqa: B009 (untyped in engineio)
         # A copy: it is module state.
-        self._async = {**drivers, "websocket": _WebSocket, "make_response": _respond}
+        self._async = {**drivers, "websocket": _WebSocket, "make_response": respond}
         self.websockets: dict[str, WatchedConnection] = {}
         self._websocket_sids: set[str] = set()
         """Sessions with a websocket being opened or open (upgrades)."""
@@ -288,7 +138,7 @@ class EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
             return await super().handle_request(*args, **kwargs)
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         sid = query.get("sid", [""])[0]
-        refusal = _refusal(scope, query, self.transports)
+        refusal = refusal_of(scope, query, self.transports)
         if refusal is None and scope["type"] == "websocket" and sid and self._has_websocket(sid):
             # As the reference server: accepted, then closed at once (the protocol's test suite
             # waits for a close, not a refused handshake).
@@ -301,7 +151,7 @@ class EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
                 await receive()  # websocket.connect: ASGI wants it taken before an answer
             headers = [*refusal["headers"], *self._cors_headers(_cors_environ(scope))]
             environ = {"asgi.scope": scope, "asgi.send": send}
-            await _respond(refusal["status"], headers, refusal["response"], environ)
+            await respond(refusal["status"], headers, refusal["response"], environ)
             return None
         socket = self.sockets.get(sid)
         if socket is not None and socket.upgrading and scope.get("method") == "GET":
@@ -319,7 +169,7 @@ class EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
                 # the session): answer the 400 it meant to.
                 bad = error_response(400, BAD_REQUEST, "Bad request")
                 environ = {"asgi.scope": scope, "asgi.send": send}
-                await _respond(bad["status"], bad["headers"], bad["response"], environ)
+                await respond(bad["status"], bad["headers"], bad["response"], environ)
                 return None
         self._websocket_sids.add(sid)
         try:
@@ -386,7 +236,7 @@ class EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
 
     def _bad_request(self, message: str | None = None) -> dict[str, Any]:
         message = message or "Bad request"
-        return error_response(400, _code_of(message), message)
+        return error_response(400, code_of(message), message)
 
     def _method_not_found(self) -> dict[str, Any]:
         return error_response(400, BAD_REQUEST, "Method not supported")
@@ -408,34 +258,6 @@ def _cors_environ(scope: dict[str, Any]) -> dict[str, Any]:
         environ[key] = value.decode("latin-1")
     environ["REQUEST_METHOD"] = scope.get("method", "GET")
     return environ
-
-
-def decodable(message: Any) -> bool:
-    data = message.get("bytes")
-    if data is None:
-        data = message.get("text")
-    if data is None:
-        return False
-    try:
-        eio_packet.Packet(encoded_packet=data)
-    except Exception:
-        return False
-    return True
-
-
-class ClientFaults(logging.Filter):
-    """python-engineio logs a long-polling POST it cannot decode (an unknown packet type, too
-    many packets, JSON nested too deep) as an error with its traceback, then answers it: a
-    client's fault, made one line at info here."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg == "post request handler error" and record.exc_info:
-            error = record.exc_info[1]
-            record.msg = "refused a long-polling POST it cannot decode: %s: %s"
-            record.args = (type(error).__name__, str(error)[:200])
-            record.exc_info = record.exc_text = None
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
 
 
 def check() -> str | None:

@@ -1,0 +1,148 @@
+"""Socket.IO's wire: how a span of events reaches one client (its WebSocket frames written
+straight to its socket, framed once for every client owed the same events, or its Engine.IO
+packets queued for python-engineio's writer), and how a client over its byte budget is told
+and let go. The transport (``socketio.py``) keeps the server glue.
+
+Slow clients: every client's Engine.IO queue counts the bytes it holds; one over
+``BROADCAST_CLIENT_BUFFER_BYTES`` is told why (an ``error`` event), disconnected, and counted as
+gone at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engineio import packet as eio_packet
+
+from broadcast.events import ERROR, Event
+from broadcast.eviction import Evicted
+from broadcast.fanout import Span
+from broadcast.metrics import Metrics
+from broadcast.overrides.engineio_wire import Frame
+from broadcast.overrides.socketio import GuardedServer
+from broadcast.session import Client
+from broadcast.users import RateLimit
+
+TRANSPORT = "socketio"
+
+
+class SocketIOClient(Client):
+    """A Socket.IO client: its Engine.IO session, its chat allowance, and the live events held
+    back while what it missed is replayed."""
+
+    __slots__ = ("eio_sid", "pending", "rate_limit")
+
+    def __init__(
+        self,
+        eio_sid: str,
+        address: str,
+        username: str | None,
+        resume_from: str | None,
+        position: int,
+        rate_limit: RateLimit,
+    ) -> None:
+        super().__init__(TRANSPORT, address, username, resume_from, position)
+        self.eio_sid = eio_sid
+        self.rate_limit = rate_limit
+        self.pending: list[Event] | None = [] if resume_from else None
+        """Live events held back while what it missed is replayed (``None``: not replaying)."""
+
+
+class Writer:
+    def __init__(self, server: GuardedServer, budget: int, metrics: Metrics) -> None:
+        self._server = server
+        self._budget = budget
+        self._metrics = metrics
+        self._too_slow: list[str] = []
+        """Clients found over their budget during a pass (evicted after it)."""
+
+    async def send(self, client: SocketIOClient, span: Span) -> int:
+        """Send one client the events of ``span``, but for those its replay already sent; how
+        many.
+
+        A websocket client whose Engine.IO queue is idle (nothing on its way through ASGI) gets
+        their WebSocket frames written straight to its socket, framed once for every client owed
+        the same events (``overrides/hypercorn.py``); any other gets the packets on its
+        Engine.IO queue, for its writer."""
+        if client.pending is not None:  # replaying: these go out after
+            client.pending.extend(span.events)
+            return 0
+        eio_sid = client.eio_sid
+        socket = self._server.eio.sockets.get(eio_sid)
+        if socket is None or socket.closed:
+            return 0
+        key = "plain" if client.resume_from is None else "with ids"
+        if client.replay is not None and not client.replay.done:
+            frames = _frames(client.replay.fresh(span.events), key)
+            shared = False
+        else:
+            frames = span.encoded(key, lambda events: _frames(events, key))
+            shared = True
+        if not frames:
+            return 0
+        budget = self._budget
+        queue = socket.queue
+        connection = self._server.eio.websockets.get(eio_sid)
+        if (
+            connection is not None
+            and queue.idle
+            and socket.upgraded
+            and not socket.upgrading
+            and connection.writable
+        ):
+            if shared:
+                data = span.encoded(key + " websocket", lambda _: _websocket(frames))
+            else:
+                data = _websocket(frames)
+            if connection.write(data, budget):
+                self._too_slow.append(eio_sid)
+            return len(frames)
+        for frame in frames:
+            await self._put(socket, frame)
+        if queue.bytes > budget and queue.qsize() > 1:
+            self._too_slow.append(eio_sid)
+        return len(frames)
+
+    async def evict_too_slow(self) -> None:
+        for eio_sid in self._too_slow:
+            await self._evict(eio_sid)
+        self._too_slow.clear()
+
+    @staticmethod
+    async def _put(socket: Any, frame: eio_packet.Packet) -> None:
+        if socket.upgrading:  # python-engineio holds packets back during the upgrade
+            await socket.send(frame)
+        else:  # the hot path: python-engineio's send() only adds a ping check and a log call
+            socket.queue.put_nowait(frame)
+
+    async def deliver(self, eio_sid: str, frame: eio_packet.Packet) -> None:
+        socket = self._server.eio.sockets.get(eio_sid)
+        if socket is not None and not socket.closed:
+            await self._put(socket, frame)
+
+    async def _evict(self, eio_sid: str) -> None:
+        """Disconnect a client whose queue is over its byte budget: drop what it has queued,
+        tell it why, and close; python-socketio's disconnect handler takes it out of the count."""
+        socket = self._server.eio.sockets.get(eio_sid)
+        if socket is None or socket.closed:
+            return
+        reason = Evicted.over_budget(self._budget)
+        socket.queue.clear()
+        self._metrics.evicted.labels(reason.kind.value).inc()
+        notice = Event(ERROR, {"event": None, "error": f"disconnected: {reason}"})
+        await self._put(socket, Frame(notice.socketio_text))
+        await socket.close(wait=False, abort=False, reason=str(reason))
+        if socket.upgraded:  # a websocket: end its writer after the close packet
+            socket.queue.put_nowait(None)
+
+
+def _frames(events: list[Event], key: str) -> list[Frame]:
+    """Engine.IO packets for ``events``: ``plain`` for classic clients, ``with ids`` for those
+    that resume (the id as a last argument)."""
+    if key == "plain":
+        return [Frame(event.socketio_text) for event in events]
+    return [Frame(event.socketio_text_with_id) for event in events]
+
+
+def _websocket(frames: list[Frame]) -> bytes:
+    return b"".join(frame.websocket for frame in frames)
