@@ -12,8 +12,8 @@ logging an error for it.
 Ending thousands of connections the usual way (each stream's or websocket's end travelling
 through sse-starlette or python-engineio, Litestar and hypercorn, then each task unwinding) costs
 about 0.25 ms of CPU per connection: over a second at 5,000. So every connection whose socket
-the app can reach (``direct.py``) and whose head has gone out is ended from under the stack
-instead: its last bytes (``goodbye``) go straight to its socket, followed by a FIN, with the
+the app can reach (``overrides/hypercorn.py``) and whose head has gone out is ended from under
+the stack instead: its last bytes (``goodbye``) go straight to its socket, followed by a FIN, with the
 socket's reading paused, so that the app never hears of the end and nothing unwinds. The process
 exits soon after (``cli.py``), the kernel closing the sockets. Only the others (long-polling
 Socket.IO, HTTP/2, a stream not yet handed to the pump) are closed the usual way, and the node
