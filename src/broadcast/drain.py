@@ -14,8 +14,8 @@ through sse-starlette or python-engineio, Litestar and hypercorn, then each task
 about 0.25 ms of CPU per connection: over a second at 5,000. So every connection whose socket
 the app can reach (``overrides/hypercorn.py``) and whose head has gone out is ended from under
 the stack instead: its last bytes (``goodbye``) go straight to its socket, followed by a FIN,
-with the socket's reading paused, so that the app never hears of the end and nothing unwinds. The process
-exits soon after (``cli.py``), the kernel closing the sockets. Only the others (long-polling
+with the socket's reading paused, so that the app never hears of the end and nothing unwinds.
+The process exits soon after (``cli.py``), the kernel closing the sockets. Only the others (long-polling
 Socket.IO, HTTP/2, a stream not yet handed to the pump) are closed the usual way, and the node
 waits for those (``Gate.settled``). A client that had stopped reading, whose socket still holds
 unsent bytes, loses them and its goodbye: the connection just drops when the process exits.
