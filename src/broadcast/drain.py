@@ -10,17 +10,17 @@ Socket.IO session (a poll, a POST) finds it closed anyway, and is answered witho
 logging an error for it.
 
 Ending thousands of connections the usual way (each stream's or websocket's end travelling
-through sse-starlette or python-engineio, Litestar and hypercorn, then each task unwinding) costs
-about 0.25 ms of CPU per connection: over a second at 5,000. So every connection whose socket
-the app can reach (``overrides/hypercorn.py``) and whose head has gone out is ended from under
-the stack instead: its last bytes (``goodbye``) go straight to its socket, followed by a FIN,
-with the socket's reading paused, so that the app never hears of the end and nothing unwinds.
-The process exits soon after (``cli.py``), the kernel closing the sockets. Only the others (long-polling
-Socket.IO, HTTP/2, a stream not yet handed to the pump) are closed the usual way, and the node
-waits for those (``Gate.settled``). A client that had stopped reading, whose socket still holds
-unsent bytes, loses them and its goodbye: the connection just drops when the process exits.
-Those ended from under the app never leave one by one: ``Presence.everyone_left`` counts them
-out and announces the named users' leaves.
+through sse-starlette or python-engineio, Litestar and hypercorn, then each task unwinding)
+costs about 0.25 ms of CPU per connection: over a second at 5,000. So every connection whose
+socket the app can reach (``overrides/hypercorn.py``) and whose head has gone out is ended from
+under the stack instead: its last bytes (``goodbye``) go straight to its socket, followed by a
+FIN, with the socket's reading paused, so that the app never hears of the end and nothing
+unwinds. The process exits soon after (``cli.py``), the kernel closing the sockets. Only the
+others (long-polling Socket.IO, HTTP/2, a stream not yet handed to the pump) are closed the
+usual way, and the node waits for those (``Gate.settled``). A client that had stopped reading,
+whose socket still holds unsent bytes, loses them and its goodbye: the connection just drops
+when the process exits. Those ended from under the app never leave one by one:
+``Presence.everyone_left`` counts them out and announces the named users' leaves.
 """
 
 from __future__ import annotations
