@@ -1,4 +1,4 @@
-"""``Identity`` and ``users``: who a client is and what it may say, below the transports."""
+"""``Identity``, ``users``, ``limits``: who a client is, what it may say, how many it may open."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import jwt
 import pytest
 from pydantic import SecretStr
 
+from broadcast.errors import Refused
 from broadcast.identity import Identity
-from broadcast.users import RateLimit, Refused, parse_chat_message, parse_username
+from broadcast.limits import AddressLimit, SessionAdmission
+from broadcast.users import RateLimit, parse_chat_message, parse_username
 
 SECRET = "s3cret-for-tests-only-" + "0123456789abcdef" * 4
 
@@ -148,3 +150,27 @@ def test_an_unsigned_token_is_refused() -> None:
     unsigned = jwt.encode({"sub": "alice", "exp": later()}, key=None, algorithm="none")
     with pytest.raises(Refused, match="invalid token"):
         verified().username(None, unsigned)
+
+
+# ---------------------------------------------------------------- Engine.IO session admission
+
+
+def test_sessions_count_from_their_handshake_and_one_over_the_limit_is_told_why() -> None:
+    admission = SessionAdmission(AddressLimit(2))
+    assert admission.admit("s1", "10.0.0.1") is None
+    assert admission.admit("s2", "10.0.0.1") is None
+    over = "too many connections from 10.0.0.1 (at most 2)"
+    assert admission.admit("s3", "10.0.0.1") == (over, True), "told at its CONNECT"
+    assert admission.admit("s4", "10.0.0.1") == (over, False), "refused at once meanwhile"
+    assert admission.admit("t1", "10.0.0.2") is None, "other addresses are not affected"
+    admission.closed("s3")  # the one being told went
+    assert admission.admit("s5", "10.0.0.1") == (over, True)
+    admission.closed("s1")
+    admission.closed("s5")
+    assert admission.admit("s6", "10.0.0.1") is None, "a slot freed by a counted session"
+    admission.closed("unknown")  # a session never admitted: nothing to release
+
+
+def test_no_limit_admits_everyone() -> None:
+    admission = SessionAdmission(AddressLimit(0))
+    assert all(admission.admit(f"s{n}", "10.0.0.1") is None for n in range(100))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import jwt
 from pydantic import SecretStr
 
-from broadcast.users import Refused, parse_username
+from broadcast.errors import Refused
+from broadcast.users import parse_username
 
 
 class Identity:

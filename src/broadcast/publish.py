@@ -34,10 +34,11 @@ from litestar.openapi.spec import Schema
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 from broadcast.broker import Broker, BrokerUnavailable
+from broadcast.errors import Refused
 from broadcast.events import CHAT_MESSAGE, ERROR, GAP, USER, USER_COUNT, Event
 from broadcast.lone_surrogates import lone_surrogate
 from broadcast.settings import Settings
-from broadcast.users import RateLimit, Refused
+from broadcast.users import RateLimit
 
 logger = logging.getLogger(__name__)
 

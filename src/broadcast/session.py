@@ -12,12 +12,12 @@ came meanwhile go through its ``ReplayFilter``, so each event reaches it once, i
 from __future__ import annotations
 
 from broadcast.broker import Broker
+from broadcast.errors import Refused
 from broadcast.events import Event
 from broadcast.eviction import Evicted
 from broadcast.identity import Identity
 from broadcast.presence import Presence
 from broadcast.replay import Missed, ReplayFilter, missed_since, replay_budget
-from broadcast.users import Refused
 
 
 class Client:

@@ -10,16 +10,10 @@ from __future__ import annotations
 import re
 import time
 
+from broadcast.errors import Refused
+
 USERNAME_MAX_LENGTH = 32
 _USERNAME = re.compile(r"[^\W_][\w .\-]*", re.UNICODE)
-
-
-class Refused(ValueError):
-    """Input a client sent was refused; ``str()`` says why, for that client."""
-
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.retry_after = retry_after
 
 
 def parse_username(raw: object) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from broadcast.broker.base import Backend, BrokerUnavailable, History, PresenceBackend
-from broadcast.broker.broker import DEFAULT_CHANNEL, Broker
+from broadcast.broker.core import DEFAULT_CHANNEL, Broker
 from broadcast.broker.hub import Hub, Overflow, Subscriber, SubscriberClosed
 from broadcast.settings import Settings
 

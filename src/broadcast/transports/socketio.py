@@ -33,6 +33,7 @@ from litestar.types import Receive, Scope, Send
 
 from broadcast.broker import Broker, Overflow, Subscriber, SubscriberClosed
 from broadcast.drain import SHUTTING_DOWN, WEBSOCKET_GOODBYE
+from broadcast.errors import Refused
 from broadcast.events import CHAT_MESSAGE
 from broadcast.fanout import PUMP_BACKLOG, Pump
 from broadcast.limits import AddressLimit, SessionAdmission
@@ -51,7 +52,7 @@ from broadcast.supervisor import Supervisor
 from broadcast.transports.socketio_events import ClientEvents
 from broadcast.transports.socketio_writer import TRANSPORT, SocketIOClient, Writer
 from broadcast.transports.watchdog import WEBSOCKET_GONE, SendWatchdog
-from broadcast.users import RateLimit, Refused
+from broadcast.users import RateLimit
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,10 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from broadcast.broker import Broker, BrokerUnavailable
+from broadcast.errors import Refused
 from broadcast.events import CHAT_MESSAGE, ERROR, Event
 from broadcast.overrides.socketio import RESERVED_EVENT, GuardedServer, ack_requested
-from broadcast.users import RateLimit, Refused, parse_chat_message
+from broadcast.users import RateLimit, parse_chat_message
 
 
 class Sender(Protocol):

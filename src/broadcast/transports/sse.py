@@ -41,6 +41,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from broadcast.broker import Broker, Overflow, Subscriber, SubscriberClosed
 from broadcast.drain import sse_goodbye
+from broadcast.errors import Refused
 from broadcast.events import Event
 from broadcast.eviction import SHUTTING_DOWN, Evicted, Eviction
 from broadcast.fanout import PUMP_BACKLOG, SLICE, Pump, Span
@@ -55,7 +56,6 @@ from broadcast.transports.watchdog import (
     SendWatchdog,
     WatchedConnection,
 )
-from broadcast.users import Refused
 
 logger = logging.getLogger(__name__)
 
