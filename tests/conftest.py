@@ -6,8 +6,17 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from playwright.async_api import Browser, async_playwright
 
-from tests.support import OPEN_CLIENTS, RedisServer, Server, close_client, running_server
+from tests.support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    OPEN_CLIENTS,
+    RedisServer,
+    Server,
+    close_client,
+    running_server,
+)
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
@@ -74,3 +83,26 @@ async def close_clients() -> AsyncIterator[None]:
     # Collect now, so a leaked connection's ResourceWarning fails the test that leaked it rather
     # than whichever test the collector happens to run in later.
     gc.collect()
+
+
+@pytest.fixture
+def chromium() -> Path:
+    """Debian's Chromium: required, never skipped (a missing browser must not pass quietly)."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} not found: install Debian's chromium (scripts/setup --dev does); "
+            "these tests never download a browser"
+        )
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser(chromium: Path) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()

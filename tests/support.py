@@ -28,6 +28,17 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 HYPERCORN = str(VENV_BIN / "hypercorn")
 
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
 
 def wait_until(predicate: Callable[[], bool], within: float, what: str) -> None:
     """Poll ``predicate`` until it holds; fail with ``what`` after ``within`` seconds."""

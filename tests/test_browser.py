@@ -22,22 +22,11 @@ from playwright.async_api import (
     Error,
     Page,
     Route,
-    async_playwright,
     expect,
 )
 
 from tests.support import Server, connect_sio, until
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT_MS = 10_000
 """How long an ``expect`` may wait for the page: generous, since it returns as soon as it holds."""
 
@@ -77,29 +66,6 @@ class OpenTab(Protocol):
         stall: Sequence[str] = (),
         url: str | None = None,
     ) -> Tab: ...
-
-
-@pytest.fixture
-def chromium() -> Path:
-    """Debian's Chromium: required, never skipped (a missing browser must not pass quietly)."""
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} not found: install Debian's chromium (scripts/setup --dev does); "
-            "these tests never download a browser"
-        )
-    return CHROMIUM
-
-
-@pytest.fixture
-async def browser(chromium: Path) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 @pytest.fixture

@@ -17,15 +17,15 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 
 from tests.support import PROJECT_ROOT, Server, running_server
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, Tab, expect_count, expect_live
+from tests.test_browser import WAIT_MS, Tab, expect_count, expect_live
 
 VENDORED_CLIENT = "static/vendor/socket.io.min.js"
 
@@ -101,20 +101,6 @@ def wheel_server(
     outside.mkdir()
     with running_server(outside, command=[str(installed / "broadcast"), "serve"]) as server:
         yield server
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (scripts/setup --dev does)")
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def open_page(browser: Browser, url: str, artifacts: Path) -> Tab:

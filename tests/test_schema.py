@@ -4,13 +4,12 @@ says what the server does (`/events` is an event stream; publish's `event` with 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 
 import httpx
 import pytest
 from litestar.exceptions import ValidationException
-from playwright.async_api import Browser, Request, Response, Route, async_playwright, expect
+from playwright.async_api import Browser, Request, Response, Route, expect
 
 from broadcast.publish import (
     EVENT_NAME_MAX_LENGTH,
@@ -20,7 +19,7 @@ from broadcast.publish import (
 )
 from tests.conftest import StartServer
 from tests.support import Server
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS
+from tests.test_browser import WAIT_MS
 
 TOKEN = "schema-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -56,20 +55,6 @@ async def test_the_schema_page_references_only_this_servers_files(server: Server
             assert url.startswith("/"), f"not same-origin: {url}"
             assert not url.startswith("//"), f"not same-origin: {url}"
             assert (await client.get(url)).status_code == 200, url
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (scripts/setup --dev does)")
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def test_the_schema_page_renders_offline_in_a_browser(
