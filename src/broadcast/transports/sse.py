@@ -26,7 +26,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from litestar import Request, get
@@ -36,7 +36,7 @@ from litestar.exceptions import (
     TooManyRequestsException,
 )
 from litestar.handlers import HTTPRouteHandler
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from broadcast.broker import Broker, Overflow, Subscriber, SubscriberClosed
@@ -189,7 +189,7 @@ class SSETransport:
             request: Request[Any, Any, Any],
             username: str | None = None,
             token: str | None = None,
-            last_event_id: str | None = Parameter(query="lastEventId", default=None),
+            last_event_id: Annotated[str | None, QueryParameter(name="lastEventId")] = None,
         ) -> EventSourceResponse:
             headers = {
                 # Proxies must not buffer or cache a live stream (nginx reads X-Accel-Buffering).
