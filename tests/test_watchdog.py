@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from broadcast.transports.watchdog import (
+from broadcast.watchdog import (
     HTTP_GONE,
     STALLED_BYTES,
     ClientTooSlow,

@@ -42,7 +42,7 @@ from broadcast.settings import ConfigError, Settings, load_settings, redact_url
 from broadcast.supervisor import Supervisor
 from broadcast.transports.socketio import SocketIOTransport
 from broadcast.transports.sse import SSETransport
-from broadcast.transports.watchdog import SendWatchdog
+from broadcast.watchdog import SendWatchdog
 
 logger = logging.getLogger("broadcast")
 

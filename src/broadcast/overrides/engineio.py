@@ -32,7 +32,7 @@ from broadcast.overrides.engineio_wire import (
     refusal_of,
     respond,
 )
-from broadcast.transports.watchdog import WatchedConnection
+from broadcast.watchdog import WatchedConnection
 
 logger = logging.getLogger(__name__)
 

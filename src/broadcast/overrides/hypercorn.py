@@ -21,26 +21,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
+
+from broadcast.watchdog import Socket
 
 SERVER_SEND = "broadcast.server_send"
 """The scope key under which the app keeps the ASGI server's own ``send``."""
-
-
-class Socket(Protocol):
-    """The part of an asyncio transport a direct write uses (uvloop's have it too)."""
-
-    def write(self, data: bytes) -> None: ...
-
-    def is_closing(self) -> bool: ...
-
-    def get_write_buffer_size(self) -> int: ...
-
-    def abort(self) -> None: ...
-
-    def pause_reading(self) -> None: ...
-
-    def write_eof(self) -> None: ...
 
 
 _SOCKET_METHODS = (

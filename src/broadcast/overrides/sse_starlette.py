@@ -20,7 +20,7 @@ import anyio
 from sse_starlette import EventSourceResponse
 
 from broadcast.overrides.hypercorn import SocketFinder
-from broadcast.transports.watchdog import (
+from broadcast.watchdog import (
     HTTP_GONE,
     ClientTooSlow,
     SendWatchdog,

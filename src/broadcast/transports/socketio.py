@@ -51,8 +51,8 @@ from broadcast.settings import Settings
 from broadcast.supervisor import Supervisor
 from broadcast.transports.socketio_events import ClientEvents
 from broadcast.transports.socketio_writer import TRANSPORT, SocketIOClient, Writer
-from broadcast.transports.watchdog import WEBSOCKET_GONE, SendWatchdog
 from broadcast.users import RateLimit
+from broadcast.watchdog import WEBSOCKET_GONE, SendWatchdog
 
 logger = logging.getLogger(__name__)
 

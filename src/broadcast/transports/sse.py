@@ -52,7 +52,7 @@ from broadcast.session import Client, Sessions
 from broadcast.settings import Settings
 from broadcast.supervisor import Supervisor
 from broadcast.transports.framing import body_framing, http_chunk
-from broadcast.transports.watchdog import (
+from broadcast.watchdog import (
     SendWatchdog,
     WatchedConnection,
 )

@@ -28,14 +28,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from litestar.types import Receive, Send
 from prometheus_client import Counter
 
-from broadcast.overrides.hypercorn import Socket
-
 logger = logging.getLogger(__name__)
+
+
+class Socket(Protocol):
+    """The part of an asyncio transport a direct write uses (uvloop's have it too)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+    def abort(self) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def write_eof(self) -> None: ...
+
 
 STALLED_BYTES = 64 * 1024
 """Unsent bytes above which a socket's buffer counts as stalled: asyncio's high-water mark, where
