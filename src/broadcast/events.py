@@ -38,11 +38,14 @@ def dumps(data: Any) -> str:
 
 @dataclass(frozen=True, eq=False)
 class Event:
-    """One named event with JSON data; ``id`` orders published events (``None`` for state)."""
+    """One named event with JSON data; ``id`` orders published events (``None`` for state).
+    ``channel``: the channel it was published to (``None``: to everyone). Never on the wire:
+    clients receive it exactly as an event to everyone."""
 
     name: str
     data: Any
     id: str | None = None
+    channel: str | None = None
 
     @cached_property
     def json_data(self) -> str:

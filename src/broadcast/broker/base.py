@@ -15,6 +15,22 @@ from typing import Protocol
 from broadcast.events import Event, EventId
 from broadcast.supervisor import Supervisor
 
+EVERYONE = "global"
+"""The topic of events to everyone."""
+CHANNEL_TOPIC_PREFIX = "channel:"
+"""A channel's topic is its name behind this prefix, so that no channel name is ``EVERYONE``."""
+
+
+def topic(channel: str | None) -> str:
+    """The topic backends and the hub know ``channel`` by (``None``: everyone)."""
+    return EVERYONE if channel is None else CHANNEL_TOPIC_PREFIX + channel
+
+
+def channel_of(topic: str) -> str | None:
+    """The channel of ``topic`` (``None``: everyone); the inverse of ``topic``."""
+    return None if topic == EVERYONE else topic.removeprefix(CHANNEL_TOPIC_PREFIX)
+
+
 DeliverCallback = Callable[[str, Event], None]
 """Called with ``(channel, event)`` for every event published on any node."""
 

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections import deque
 
-from broadcast.broker.base import Backend, BrokerUnavailable, History
+from broadcast.broker.base import EVERYONE, Backend, BrokerUnavailable, History, topic
 from broadcast.broker.hub import EventSize, Hub, Overflow, Subscriber
 from broadcast.events import Event, EventId
 from broadcast.eviction import SHUTTING_DOWN, Evicted
@@ -16,8 +16,8 @@ from broadcast.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHANNEL = "global"
-"""The channel every client listens to."""
+DEFAULT_CHANNEL = EVERYONE
+"""The topic of events to everyone."""
 
 
 class Broker:
@@ -57,24 +57,26 @@ class Broker:
         self.metrics.received.inc()
         self.hub.dispatch(channel, event)
 
-    async def publish(self, event: Event, channel: str = DEFAULT_CHANNEL) -> str:
-        """Deliver ``event`` to every subscriber of ``channel`` on every process; its id."""
-        return await self.backend.publish(channel, event)
+    async def publish(self, event: Event) -> str:
+        """Deliver ``event`` to every subscriber of its channel (``event.channel``; ``None``:
+        everyone) on every process; its id."""
+        return await self.backend.publish(topic(event.channel), event)
 
-    async def history(self, after: EventId | None, channel: str = DEFAULT_CHANNEL) -> History:
-        """The events of ``channel`` after position ``after`` that are still held."""
-        return await self.backend.history(channel, after)
+    async def history(self, after: EventId | None, channel: str | None = None) -> History:
+        """The events of ``channel`` (``None``: those to everyone) after position ``after``
+        that are still held."""
+        return await self.backend.history(topic(channel), after)
 
-    def publish_soon(self, event: Event, channel: str = DEFAULT_CHANNEL) -> None:
+    def publish_soon(self, event: Event) -> None:
         """``publish`` from code that cannot wait; events go out in the order given."""
-        self._outbox.append((channel, event))
+        self._outbox.append((topic(event.channel), event))
         self._outbox_sent.clear()
         self._outbox_ready.set()
 
-    def publish_local(self, event: Event, channel: str = DEFAULT_CHANNEL) -> None:
+    def publish_local(self, event: Event) -> None:
         """Deliver ``event`` to this process's subscribers only (state each node computes
         itself, such as ``user count``)."""
-        self.hub.dispatch(channel, event)
+        self.hub.dispatch(topic(event.channel), event)
 
     def subscribe(
         self,

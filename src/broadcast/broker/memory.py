@@ -20,7 +20,13 @@ from typing import NamedTuple
 
 import orjson
 
-from broadcast.broker.base import DeliverCallback, History, RemoteTotalCallback, complete_after
+from broadcast.broker.base import (
+    DeliverCallback,
+    History,
+    RemoteTotalCallback,
+    channel_of,
+    complete_after,
+)
 from broadcast.events import Event, EventId, new_epoch
 from broadcast.supervisor import Supervisor
 
@@ -139,8 +145,9 @@ class MemoryBackend:
         held = [kept for kept in stream.kept if kept.offset > after.offset]
         # The data goes out as it is kept, never parsed again: replaying costs no more than
         # copying it.
+        where = channel_of(channel)
         events = [
-            Event(kept.name, orjson.Fragment(kept.data), str(EventId(self.epoch, kept.offset)))
+            Event(kept.name, orjson.Fragment(kept.data), str(EventId(self.epoch, kept.offset)), where)
             for kept in held
         ]
         first = held[0].offset if held else None

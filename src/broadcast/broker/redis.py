@@ -18,7 +18,13 @@ from typing import Any
 
 import orjson
 
-from broadcast.broker.base import BrokerUnavailable, DeliverCallback, History, complete_after
+from broadcast.broker.base import (
+    BrokerUnavailable,
+    DeliverCallback,
+    History,
+    channel_of,
+    complete_after,
+)
 from broadcast.broker.redis_link import (
     CONNECTION_ERRORS,
     PREFIX,
@@ -163,6 +169,7 @@ class RedisBackend:
         if after is None or after.epoch != epoch or after.offset > last:
             return History([], False, oldest)  # not a position of this stream
         cutoff = time.time() * 1000 - self._history_ms
+        where = channel_of(channel)
         events = []
         first_held = None
         for entry_id, fields in rest[0]:
@@ -171,7 +178,9 @@ class RedisBackend:
             offset = _offset(entry_id)
             first_held = offset if first_held is None else first_held
             body = orjson.loads(fields[b"e"])
-            events.append(Event(body["name"], body.get("data"), str(EventId(epoch, offset))))
+            events.append(
+                Event(body["name"], body.get("data"), str(EventId(epoch, offset)), where)
+            )
         return History(events, complete_after(first_held, after.offset, last), oldest)
 
     async def _listen(self) -> None:
@@ -185,12 +194,13 @@ class RedisBackend:
                     self._receive(message["channel"], message["data"])
 
     def _receive(self, channel: bytes, data: bytes) -> None:
+        topic = channel.decode().removeprefix(EVENT_CHANNEL_PREFIX)
         try:
             event_id, _, payload = data.partition(b" ")
             fields: dict[str, Any] = orjson.loads(payload)
-            event = Event(fields["name"], fields.get("data"), event_id.decode())
+            event = Event(fields["name"], fields.get("data"), event_id.decode(), channel_of(topic))
         except (ValueError, KeyError, TypeError):
             logger.warning("ignored a malformed message on %r", channel)
             return
         assert self._deliver is not None
-        self._deliver(channel.decode().removeprefix(EVENT_CHANNEL_PREFIX), event)
+        self._deliver(topic, event)
