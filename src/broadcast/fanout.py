@@ -192,9 +192,37 @@ class ChannelMembers(Generic[R]):
         return self._channels.get(channel) or ()
 
 
-def _owed(events: list[Event], channels: frozenset[str]) -> list[Event]:
-    """The events of ``events`` to everyone and those of ``channels``."""
-    return [event for event in events if event.channel is None or event.channel in channels]
+class _ByChannel:
+    """The events of one span by channel: which of them a client of some channels is owed."""
+
+    __slots__ = ("channels", "events", "everyone")
+
+    def __init__(self, events: list[Event]) -> None:
+        self.events = events
+        self.everyone = False
+        """Some of them are to everyone."""
+        self.channels: dict[str, list[Event]] = {}
+        for event in events:
+            if event.channel is None:
+                self.everyone = True
+            else:
+                self.channels.setdefault(event.channel, []).append(event)
+
+    def owed(self, channels: Collection[str]) -> frozenset[str]:
+        """The channels of the span among ``channels`` (from the smaller side: a client has a
+        few channels, a span after a storm hundreds)."""
+        mine, span = self.channels, channels
+        if len(channels) < len(mine):
+            return frozenset(c for c in channels if c in mine)
+        return frozenset(c for c in mine if c in span)
+
+    def events_of(self, owed: frozenset[str]) -> list[Event]:
+        """The events to everyone and those of the channels ``owed``, in order."""
+        if len(owed) == len(self.channels):
+            return self.events
+        if not self.everyone and len(owed) == 1:
+            return self.channels[next(iter(owed))]
+        return [e for e in self.events if e.channel is None or e.channel in owed]
 
 
 class Pump(Generic[R]):
@@ -254,7 +282,7 @@ class Pump(Generic[R]):
             await passes.start()
             delivered = 0
             # The spans of this pass, by start and end, then by the channels owed of them.
-            spans: dict[tuple[int, int], tuple[set[str], dict[frozenset[str], Span]]] = {}
+            spans: dict[tuple[int, int], tuple[_ByChannel, dict[frozenset[str], Span]]] = {}
             for number, recipient in enumerate(self._visits(log.items), 1):
                 if not number % SLICE:
                     await passes.breathe()
@@ -264,19 +292,12 @@ class Pump(Generic[R]):
                 recipient.position = head
                 found = spans.get((position, head))
                 if found is None:
-                    events = log.since(position)
-                    found = spans[(position, head)] = (
-                        {e.channel for e in events if e.channel is not None},
-                        {},
-                    )
-                span_channels, by_channels = found
-                owed = frozenset(c for c in span_channels if c in recipient.channels)
-                span = by_channels.get(owed)
+                    found = spans[(position, head)] = (_ByChannel(log.since(position)), {})
+                by_channel, by_owed = found
+                owed = by_channel.owed(recipient.channels)
+                span = by_owed.get(owed)
                 if span is None:
-                    events = log.since(position)
-                    if len(owed) < len(span_channels):
-                        events = _owed(events, owed)
-                    span = by_channels[owed] = Span((position, head), events)
+                    span = by_owed[owed] = Span((position, head), by_channel.events_of(owed))
                 if not span.events:
                     continue
                 sent = self._deliver(recipient, span)
