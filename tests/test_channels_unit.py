@@ -21,7 +21,7 @@ from broadcast.channels import (
     parse_channel_list,
     parse_pattern,
 )
-from broadcast.errors import Refused
+from broadcast.errors import NotGranted, Refused
 from broadcast.settings import Settings
 
 # ---------------------------------------------------------------- names
@@ -49,9 +49,9 @@ def test_valid_names_are_kept_as_given(name: str) -> None:
     ("raw", "why"),
     [
         (None, "must be a string, not null"),
-        (42, "must be a string, not int"),
-        (["post:42"], "must be a string, not list"),
-        ({"name": "x"}, "must be a string, not dict"),
+        (42, "must be a string, not a number"),
+        (["post:42"], "must be a string, not an array"),
+        ({"name": "x"}, "must be a string, not an object"),
         ("", "must not be empty"),
         ("x" * (MAX_CHANNEL_LENGTH + 1), "too long: at most 200 characters"),
         ("post 42", "character ' ' at position 4 is not allowed"),
@@ -141,12 +141,12 @@ def test_a_huge_list_is_refused_without_reading_it_all() -> None:
 @pytest.mark.parametrize(
     ("raw", "why"),
     [
-        (None, "must be a list of channel names \\(or one name\\), not null"),
-        (42, "not int"),
-        ({"post:42": True}, "not dict"),
+        (None, "must be an array of channel names \\(or one name\\), not null"),
+        (42, "not a number"),
+        ({"post:42": True}, "not an object"),
         (("a", "b"), "not tuple"),
         (["ok", ""], r"channels\[1\]: channel must not be empty"),
-        (["ok", "ok", 7], r"channels\[2\]: channel must be a string, not int"),
+        (["ok", "ok", 7], r"channels\[2\]: channel must be a string, not a number"),
         (["a b"], r"channels\[0\]: channel 'a b': character ' ' at position 1"),
         ("", "channel must not be empty"),
         ("a b", "character ' '"),
@@ -188,10 +188,10 @@ def test_a_grant_keeps_each_entry_once() -> None:
 @pytest.mark.parametrize(
     ("claim", "why"),
     [
-        (None, "claim 'channels' must be a list of channel names or patterns, not null"),
-        ("private:*", "must be a list .* not str"),
-        ({"a": 1}, "not dict"),
-        (["ok", 5], r"claim 'channels'\[1\] must be a string, not int"),
+        (None, "claim 'channels' must be an array of channel names or patterns, not null"),
+        ("private:*", "must be an array .* not a string"),
+        ({"a": 1}, "not an object"),
+        (["ok", 5], r"claim 'channels'\[1\] must be a string, not a number"),
         ([""], r"claim 'channels'\[0\] must not be empty"),
         (["a b"], r"claim 'channels'\[0\] 'a b': character ' ' at position 1"),
         (["[!a]"], "character '!'"),
@@ -228,7 +228,7 @@ def test_private_channels_need_a_grant() -> None:
     policy.check_access("private:x", Grant.from_claim(["private:x"]))
     policy.check_access("private:x", Grant.from_claim(["private:*"]))
     with pytest.raises(
-        Refused, match="channel 'private:y' is private and your token does not grant it"
+        NotGranted, match="channel 'private:y' is private and your token does not grant it"
     ):
         policy.check_access("private:y", Grant.from_claim(["private:x"]))
     with pytest.raises(Refused, match="is private"):

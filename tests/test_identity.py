@@ -183,9 +183,9 @@ def test_without_a_token_or_a_secret_nothing_is_granted() -> None:
 @pytest.mark.parametrize(
     ("claim", "why"),
     [
-        ("private:*", "invalid token: claim 'channels' must be a list"),
-        ({"private:x": True}, "invalid token: claim 'channels' must be a list"),
-        (None, "invalid token: claim 'channels' must be a list .* not null"),
+        ("private:*", "invalid token: claim 'channels' must be an array"),
+        ({"private:x": True}, "invalid token: claim 'channels' must be an array"),
+        (None, "invalid token: claim 'channels' must be an array .* not null"),
         ([1], r"invalid token: claim 'channels'\[0\] must be a string"),
         (["ok", "no spaces"], r"invalid token: claim 'channels'\[1\] 'no spaces': character ' '"),
         (["x" * 201], "too long"),

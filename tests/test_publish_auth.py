@@ -51,8 +51,8 @@ def tokens(burst: int = 2, scoped_buckets: int = 100) -> PublishTokens:
 
 def test_tokens_give_their_publisher() -> None:
     checker = tokens()
-    assert checker.check(bearer(STATIC)) is ANYWHERE
-    publisher = checker.check(bearer(scoped({"publish": ["orders:*"], "sub": "fn"})))
+    assert checker.publisher(bearer(STATIC)) is ANYWHERE
+    publisher = checker.publisher(bearer(scoped({"publish": ["orders:*"], "sub": "fn"})))
     assert publisher.scope == Grant.from_claim(["orders:*"])
 
 
@@ -81,7 +81,7 @@ def test_tokens_give_their_publisher() -> None:
         (
             bearer(scoped({"publish": "x"})),
             NotAuthorizedException,
-            "claim 'publish' must be a list",
+            "claim 'publish' must be an array",
         ),
         (
             bearer(scoped({"sub": "alice", "channels": ["private:*"]})),
@@ -92,14 +92,14 @@ def test_tokens_give_their_publisher() -> None:
 )
 def test_bad_tokens_are_refused(header: str | None, error: type[Exception], detail: str) -> None:
     with pytest.raises(error) as raised:
-        tokens().check(header)
+        tokens().publisher(header)
     assert detail in str(raised.value)
 
 
 def test_without_a_secret_a_jwt_is_just_a_wrong_token() -> None:
     checker = PublishTokens([STATIC], rate=1, burst=1)
     with pytest.raises(NotAuthorizedException, match="missing or invalid"):
-        checker.check(bearer(scoped({"publish": ["x"]})))
+        checker.publisher(bearer(scoped({"publish": ["x"]})))
 
 
 def test_each_scoped_subject_has_its_own_rate_limit() -> None:
@@ -107,46 +107,57 @@ def test_each_scoped_subject_has_its_own_rate_limit() -> None:
     first = bearer(scoped({"publish": ["a"], "sub": "fn-a"}))
     reissued = bearer(scoped({"publish": ["a", "b"], "sub": "fn-a", "iat": 1}))
     other = bearer(scoped({"publish": ["a"], "sub": "fn-b"}))
-    checker.check(first)
-    checker.check(reissued)
+    checker.publisher(first)
+    checker.publisher(reissued)
     with pytest.raises(TooManyRequestsException):
-        checker.check(first)  # the same subject: one bucket
-    checker.check(other)
-    checker.check(bearer(STATIC))
-    checker.check(bearer(STATIC))
+        checker.publisher(first)  # the same subject: one bucket
+    checker.publisher(other)
+    checker.publisher(bearer(STATIC))
+    checker.publisher(bearer(STATIC))
     with pytest.raises(TooManyRequestsException):
-        checker.check(bearer(STATIC))
+        checker.publisher(bearer(STATIC))
     assert checker.scoped_buckets == 2
 
 
 def test_a_token_without_subject_is_its_own_bucket() -> None:
     checker = tokens()
     anonymous = bearer(scoped({"publish": ["a"]}))
-    checker.check(anonymous)
-    checker.check(anonymous)
+    checker.publisher(anonymous)
+    checker.publisher(anonymous)
     with pytest.raises(TooManyRequestsException):
-        checker.check(anonymous)
-    checker.check(bearer(scoped({"publish": ["a"], "nonce": 2})))
+        checker.publisher(anonymous)
+    checker.publisher(bearer(scoped({"publish": ["a"], "nonce": 2})))
 
 
 def test_scoped_buckets_are_bounded_least_recently_used_first() -> None:
     checker = tokens(burst=12, scoped_buckets=3)
     keep = bearer(scoped({"publish": ["a"], "sub": "keep"}))
-    checker.check(keep)
+    checker.publisher(keep)
     for n in range(10):
-        checker.check(bearer(scoped({"publish": ["a"], "sub": f"fn-{n}"})))
-        checker.check(keep)  # used again: never the least recently used
+        checker.publisher(bearer(scoped({"publish": ["a"], "sub": f"fn-{n}"})))
+        checker.publisher(keep)  # used again: never the least recently used
         assert checker.scoped_buckets <= 3
-    checker.check(keep)
+    checker.publisher(keep)
     with pytest.raises(TooManyRequestsException):
-        checker.check(keep)  # its bucket was kept all along: 12 taken, the burst
+        checker.publisher(keep)  # its bucket was kept all along: 12 taken, the burst
     evicted = bearer(scoped({"publish": ["a"], "sub": "fn-0"}))
-    checker.check(evicted)  # forgotten, so a fresh bucket
+    checker.publisher(evicted)  # forgotten, so a fresh bucket
 
 
 def test_refused_tokens_get_no_bucket() -> None:
     checker = tokens()
     for n in range(20):
         with pytest.raises(NotAuthorizedException):
-            checker.check(bearer(scoped({"publish": ["a"], "sub": f"x{n}"}, "another-" + SECRET)))
+            checker.publisher(
+                bearer(scoped({"publish": ["a"], "sub": f"x{n}"}, "another-" + SECRET))
+            )
     assert checker.scoped_buckets == 0
+
+
+def test_routes_for_backends_take_static_tokens_only() -> None:
+    checker = tokens()
+    checker.check(bearer(STATIC))
+    with pytest.raises(PermissionDeniedException, match="may only publish to its channels"):
+        checker.check(bearer(scoped({"publish": ["*"], "sub": "fn"})))
+    with pytest.raises(NotAuthorizedException):
+        checker.check(bearer("wrong-token-0000000000"))

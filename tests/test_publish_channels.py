@@ -200,7 +200,7 @@ async def test_a_scoped_token_is_refused_elsewhere_and_for_everyone(
         pytest.param(
             lambda: scoped_token(publish="orders:*"),
             401,
-            "claim 'publish' must be a list",
+            "claim 'publish' must be an array",
             id="bad-claim",
         ),
         pytest.param(

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import ClassVar
 
-from broadcast.errors import Refused
+from broadcast.errors import NotGranted, Refused
 
 MAX_CHANNEL_LENGTH = 200
 NAME_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_-.:@/=+")
@@ -53,8 +53,20 @@ def shown(raw: str) -> str:
     return f"{raw[:SHOWN_LENGTH]!r}... ({len(raw)} characters)"
 
 
+_JSON_TYPES = {
+    type(None): "null",
+    bool: "a boolean",
+    int: "a number",
+    str: "a string",
+    float: "a number",
+    list: "an array",
+    dict: "an object",
+}
+
+
 def _type_name(raw: object) -> str:
-    return "null" if raw is None else type(raw).__name__
+    """What ``raw`` is, in JSON's words (clients send JSON)."""
+    return _JSON_TYPES.get(type(raw), type(raw).__name__)
 
 
 def _check(raw: object, what: str, allowed: frozenset[str], allowed_text: str) -> str:
@@ -97,7 +109,7 @@ def parse_channel_list(raw: object, limit: int) -> list[str]:
         return [parse_channel(raw)]
     if not isinstance(raw, list):
         raise Refused(
-            f"channels must be a list of channel names (or one name), not {_type_name(raw)}"
+            f"channels must be an array of channel names (or one name), not {_type_name(raw)}"
         )
     names: dict[str, None] = {}  # a dict keeps the order, and drops duplicates
     for index, item in enumerate(raw):
@@ -146,7 +158,7 @@ class Grant:
         in size: only tokens signed with the server's secret get here."""
         if not isinstance(raw, list):
             raise Refused(
-                f"claim {claim!r} must be a list of channel names or patterns, "
+                f"claim {claim!r} must be an array of channel names or patterns, "
                 f"not {_type_name(raw)}"
             )
         entries = [
@@ -173,9 +185,10 @@ class ChannelPolicy:
         return _matches(name, self._names, self._patterns)
 
     def check_access(self, name: str, grant: Grant) -> None:
-        """``Refused`` when ``name`` is private and ``grant`` does not grant it."""
+        """``NotGranted`` (a ``Refused``: HTTP 403) when ``name`` is private and ``grant`` does
+        not grant it."""
         if self.is_private(name) and not grant.allows(name):
-            raise Refused(f"channel {name!r} is private and your token does not grant it")
+            raise NotGranted(f"channel {name!r} is private and your token does not grant it")
 
     def parse(self, raw: object) -> list[str]:
         """The channels of a ``subscribe`` / ``unsubscribe`` argument or ``auth.channels``."""

@@ -9,6 +9,11 @@ to its log as it goes (``EventLog``), so the clients it has not reached yet get 
 the same write; an event then waits at most one pass, and each client gets one write per pass
 however many events arrived.
 
+Channels: a pass visits only the clients owed something. When every event waiting is of some
+channels, that is their members (``ChannelMembers``), not every client: a publish to a channel of
+10 costs 10 visits however many clients the node holds. Each client gets the events of its own
+channels and those to everyone, in order; clients owed the same events share one encoding.
+
 A client the pump cannot keep up with is evicted with a typed reason (``eviction.py``).
 """
 
@@ -17,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from itertools import chain
 from typing import Any, Generic, Protocol, TypeVar
 
 from broadcast.broker.hub import Subscriber, SubscriberClosed
@@ -88,6 +94,7 @@ class Passes(Generic[T]):
         self._behind = False  # clients the last pass had already reached when events joined it
         self._since = 0.0  # when the oldest event not yet sent to every client was queued
         self._joined_since = 0.0
+        self._first_joined = 0  # the index of the first event that joined the pass under way
 
     async def start(self) -> None:
         """Wait for events, unless the last pass left clients behind; raises
@@ -98,6 +105,7 @@ class Passes(Generic[T]):
             self._since = self._since if self._behind else subscriber.batch_since
             self.log.add(subscriber.offered - len(batch), self._encode(batch))
         self._behind, self._joined_since = False, 0.0
+        self._first_joined = self.log.head
 
     async def breathe(self) -> None:
         """Return to the event loop, so publishes get in; their events join this pass."""
@@ -109,12 +117,16 @@ class Passes(Generic[T]):
             self.log.add(subscriber.offered - len(more), self._encode(more))
             self._behind = True
 
-    def end(self, positions: Iterable[int]) -> float:
-        """End a pass, given every client's position; how long its oldest event waited until
-        every client had it (s)."""
+    def end(self) -> float:
+        """End a pass; how long its oldest event waited until every client had it (s).
+
+        The pass visited every client owed the events it started with, so those are forgotten;
+        those that joined it are kept for the next pass (some clients were visited before they
+        came). A client a pass did not visit may hold an older position: the log starts later,
+        and nothing before its start was owed to it."""
         waited = time.monotonic() - self._since
         self._since = self._joined_since
-        self.log.trim(min(positions, default=self.log.head))
+        self.log.trim(self._first_joined)
         return waited
 
 
@@ -145,11 +157,44 @@ class Recipient(Protocol):
     """The index of the next event the pump owes it."""
 
     @property
+    def channels(self) -> Collection[str]:
+        """The channels it subscribes to (besides the events to everyone)."""
+
+    @property
     def gone(self) -> bool:
         """It left, or was evicted: the pump skips it."""
 
 
 R = TypeVar("R", bound=Recipient)
+
+
+class ChannelMembers(Generic[R]):
+    """A transport's clients by channel (insertion-ordered: a dict as an ordered set)."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, dict[R, None]] = {}
+
+    def join(self, client: R, channel: str) -> None:
+        self._channels.setdefault(channel, {})[client] = None
+
+    def leave(self, client: R, channel: str) -> None:
+        members = self._channels.get(channel)
+        if members is not None:
+            members.pop(client, None)
+            if not members:
+                del self._channels[channel]
+
+    def leave_all(self, client: R) -> None:
+        for channel in client.channels:
+            self.leave(client, channel)
+
+    def of(self, channel: str) -> Collection[R]:
+        return self._channels.get(channel) or ()
+
+
+def _owed(events: list[Event], channels: frozenset[str]) -> list[Event]:
+    """The events of ``events`` to everyone and those of ``channels``."""
+    return [event for event in events if event.channel is None or event.channel in channels]
 
 
 class Pump(Generic[R]):
@@ -162,6 +207,7 @@ class Pump(Generic[R]):
         self,
         subscriber: Subscriber,
         recipients: Callable[[], Iterable[R]],
+        members: ChannelMembers[R],
         deliver: Callable[[R, Span], int | Awaitable[int]],
         prepare: Callable[[Event], object],
         delivered: Any,
@@ -170,6 +216,7 @@ class Pump(Generic[R]):
     ) -> None:
         self.subscriber = subscriber
         self._recipients = recipients
+        self._members = members
         self._deliver = deliver
         self._prepare = prepare
         self._delivered = delivered
@@ -187,6 +234,17 @@ class Pump(Generic[R]):
             kept.append(event)
         return kept
 
+    def _visits(self, events: list[Event]) -> list[R]:
+        """The clients owed some of ``events``: everyone, or the members of their channels."""
+        channels: dict[str, None] = {}
+        for event in events:
+            if event.channel is None:
+                return list(self._recipients())
+            channels[event.channel] = None
+        if len(channels) == 1:
+            return list(self._members.of(next(iter(channels))))
+        return list(dict.fromkeys(chain.from_iterable(map(self._members.of, channels))))
+
     async def run(self) -> None:
         """Pass over the clients whenever events come, until the subscriber is closed
         (``SubscriberClosed`` propagates: the transport ends its clients)."""
@@ -195,22 +253,37 @@ class Pump(Generic[R]):
         while True:
             await passes.start()
             delivered = 0
-            span = Span((-1, -1), [])
-            for number, recipient in enumerate(list(self._recipients()), 1):
+            # The spans of this pass, by start and end, then by the channels owed of them.
+            spans: dict[tuple[int, int], tuple[set[str], dict[frozenset[str], Span]]] = {}
+            for number, recipient in enumerate(self._visits(log.items), 1):
                 if not number % SLICE:
                     await passes.breathe()
-                position, head = recipient.position, log.head
+                position, head = max(recipient.position, log.start), log.head
                 if position >= head or recipient.gone:
                     continue
                 recipient.position = head
-                if span.bounds != (position, head):
-                    span = Span((position, head), log.since(position))
+                found = spans.get((position, head))
+                if found is None:
+                    events = log.since(position)
+                    found = spans[(position, head)] = (
+                        {e.channel for e in events if e.channel is not None},
+                        {},
+                    )
+                span_channels, by_channels = found
+                owed = frozenset(c for c in span_channels if c in recipient.channels)
+                span = by_channels.get(owed)
+                if span is None:
+                    events = log.since(position)
+                    if len(owed) < len(span_channels):
+                        events = _owed(events, owed)
+                    span = by_channels[owed] = Span((position, head), events)
+                if not span.events:
+                    continue
                 sent = self._deliver(recipient, span)
                 # A transport may have to wait to hand over (Socket.IO during an upgrade).
                 delivered += sent if isinstance(sent, int) else await sent
             self._delivered.inc(delivered)
-            owed = (r.position for r in self._recipients() if not r.gone)
-            self._fanout_seconds.observe(passes.end(owed))
+            self._fanout_seconds.observe(passes.end())
             if self._after_pass is not None:
                 result = self._after_pass()
                 if asyncio.iscoroutine(result):
@@ -221,6 +294,7 @@ __all__ = [
     "PUMP_BACKLOG",
     "SHUTTING_DOWN",
     "SLICE",
+    "ChannelMembers",
     "EventLog",
     "Evicted",
     "Eviction",

@@ -34,7 +34,8 @@ from broadcast.channels import CHANNEL_PATTERN, MAX_CHANNEL_LENGTH, parse_channe
 from broadcast.errors import Refused
 from broadcast.events import CHAT_MESSAGE, ERROR, GAP, USER, USER_COUNT, Event
 from broadcast.lone_surrogates import lone_surrogate
-from broadcast.publish_auth import Publisher, PublishTokens, authorize, publisher_of
+from broadcast.publish_auth import Publisher, authorize, publisher_of
+from broadcast.publish_auth import PublishTokens as PublishTokens  # channels_api.py's import
 from broadcast.publish_auth import publish_tokens as publish_tokens  # app.py's import
 from broadcast.settings import Settings
 

@@ -103,9 +103,18 @@ class PublishTokens:
         self._scoped: OrderedDict[str, RateLimit] = OrderedDict()
         self._scoped_buckets = scoped_buckets
 
-    def check(self, authorization: str | None) -> Publisher:
-        """The publisher a request's ``Authorization`` header names, once its rate allows;
-        401, 403 or 429 otherwise."""
+    def check(self, authorization: str | None) -> None:
+        """For the routes for backends other than publishing (``GET /channels``): a static
+        token, once its rate allows; 401 or 429 otherwise, and 403 for a scoped token (it may
+        publish to its channels, nothing more)."""
+        if self.publisher(authorization).scope is not None:
+            raise PermissionDeniedException(
+                detail="a scoped token (claim 'publish') may only publish to its channels"
+            )
+
+    def publisher(self, authorization: str | None) -> Publisher:
+        """The publisher a request's ``Authorization`` header names (a static token, or a
+        scoped one), once its rate allows; 401, 403 or 429 otherwise."""
         scheme, _, presented = (authorization or "").partition(" ")
         candidate = presented.strip()
         if scheme.lower() != "bearer" or not candidate:
@@ -180,7 +189,7 @@ def _take(limit: RateLimit) -> None:
 def authorize(connection: ASGIConnection[Any, Any, Any, Any], tokens: PublishTokens) -> None:
     """Check a request's token (in a guard: before its body is read) and keep the publisher
     for the handler (``publisher_of``)."""
-    connection.state[_STATE_KEY] = tokens.check(connection.headers.get("authorization"))
+    connection.state[_STATE_KEY] = tokens.publisher(connection.headers.get("authorization"))
 
 
 def publisher_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Publisher:
