@@ -12,7 +12,7 @@ import jwt
 import pytest
 
 from tests.conftest import StartServer
-from tests.support import Server, connect_sio, sse_session, until
+from tests.support import Server, SseClient, connect_sio, sse_session, until
 from tests.test_publish import AUTH, SETTINGS, TOKEN, Audience, cli, post
 
 SECRET = "jwt-secret-for-tests-0123456789abcdef"
@@ -288,3 +288,52 @@ async def test_cli_publishes_to_a_channel(scoped_server: Server, everyone: Audie
     assert result.returncode == 1
     assert "400 channel 'no spaces': character ' ' at position 2 is not allowed" in result.stderr
     await only_the_marker_arrives(scoped_server, everyone)
+
+
+# ------------------------------------------------------------------------ end to end
+
+
+async def test_channel_publishes_reach_only_that_channels_subscribers(
+    scoped_server: Server,
+) -> None:
+    """A scoped token, the CLI and a batch, each publishing to a channel: only its SSE
+    subscribers get the event; an event to everyone reaches all, after them, in order."""
+    own = {"user count", "user", "channel count"}
+
+    def published(client: SseClient) -> list[str]:
+        return [e.event for e in client.events if e.event not in own]
+
+    async with sse_session() as open_sse:
+        orders = await open_sse(scoped_server.url, "/events?channel=orders%3A1")
+        news = await open_sse(scoped_server.url, "/events?channel=news")
+        nobody = await open_sse(scoped_server.url)
+        await until(
+            lambda: scoped_server.stats().get("channels") == {"orders:1": 1, "news": 1},
+            10,
+            "both channels subscribed",
+        )
+        response = await post(
+            scoped_server,
+            json={"event": "placed", "data": {"id": 1}, "channel": "orders:1"},
+            headers=bearer(scoped_token(sub="orders-fn")),
+        )
+        assert response.status_code == 202, response.text
+        result = cli(
+            "headline", '"hi"', "--channel", "news", "--url", scoped_server.url, "--token", TOKEN
+        )
+        assert result.returncode == 0, result.stderr
+        events = [
+            {"event": "b1", "channel": "orders:1"},
+            {"event": "b2", "channel": "news"},
+            {"event": "all"},
+        ]
+        batch = await post(scoped_server, "/publish/batch", json={"events": events}, headers=AUTH)
+        assert batch.status_code == 202, batch.text
+
+        clients = (orders, news, nobody)
+        await until(lambda: all("all" in published(c) for c in clients), 10, "the last event")
+        assert published(orders) == ["placed", "b1", "all"]
+        assert published(news) == ["headline", "b2", "all"]
+        assert published(nobody) == ["all"]
+        placed = next(e for e in orders.events if e.event == "placed")
+        assert json.loads(placed.data) == {"id": 1}, "the data as published, no channel added"
