@@ -176,13 +176,14 @@ def checked_event(request: PublishRequest, publisher: Publisher) -> Event:
             parse_channel(channel)
         except Refused as refused:
             raise ValidationException(detail=str(refused)) from None
-    if refusal := publisher.refusal(channel):
-        raise PermissionDeniedException(detail=refusal)
     event = Event(request.event, request.data, channel=channel)
     try:
         event.json_data  # noqa: B018 - encode now: JSON that orjson refuses is a 400, not a crash
     except TypeError as exc:
         raise ValidationException(detail=f"data cannot be sent: {exc}") from None
+    # Last: every 400 (what is wrong with the request) before a 403 (who may not send it).
+    if refusal := publisher.refusal(channel):
+        raise PermissionDeniedException(detail=refusal)
     return event
 
 
