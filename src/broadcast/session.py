@@ -25,7 +25,7 @@ from broadcast.channels import ChannelPolicy, Grant
 from broadcast.errors import Refused
 from broadcast.events import Event
 from broadcast.eviction import Evicted
-from broadcast.identity import Identity
+from broadcast.identity import Identity, Who
 from broadcast.presence import Presence
 from broadcast.replay import Missed, ReplayFilter, missed_since, replay_budget
 
@@ -103,10 +103,11 @@ class Sessions:
         self._replay_budget = replay_budget(buffer_bytes)
         self._refused = broker.metrics.refused.labels("connect")
 
-    def identify(self, declared: object, token: object) -> str | None:
-        """The client's username (``None``: anonymous), or ``Refused`` saying why, counted."""
+    def identify(self, declared: object, token: object) -> Who:
+        """Who the client is (its username, ``None``: anonymous; the private channels its token
+        grants), or ``Refused`` saying why, counted."""
         try:
-            return self._identity.username(declared, token)
+            return self._identity.verify(declared, token)
         except Refused:
             self._refused.inc()
             raise
