@@ -82,7 +82,7 @@ async def missed_since(broker: Broker, resume_from: str, max_bytes: int) -> Miss
     newest; a ``gap`` for the ones before them)."""
     after = parse_event_id(resume_from)
     try:
-        history = await broker.history(after)
+        history = await broker.history(after, [None])
     except BrokerUnavailable as exc:
         logger.info("cannot replay to a reconnecting client: %s", exc)
         history = History([], False, None)

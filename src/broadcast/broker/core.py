@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Sequence
 
 from broadcast.broker.base import EVERYONE, Backend, BrokerUnavailable, History, topic
 from broadcast.broker.hub import EventSize, Hub, Overflow, Subscriber
@@ -62,10 +63,21 @@ class Broker:
         everyone) on every process; its id."""
         return await self.backend.publish(topic(event.channel), event)
 
-    async def history(self, after: EventId | None, channel: str | None = None) -> History:
-        """The events of ``channel`` (``None``: those to everyone) after position ``after``
-        that are still held."""
-        return await self.backend.history(topic(channel), after)
+    async def history(self, after: EventId | None, channels: Sequence[str | None]) -> History:
+        """The events of any of ``channels`` (``None``: those to everyone) after position
+        ``after`` that are still held, in id order (one id sequence spans every channel)."""
+        return await self.backend.history([topic(channel) for channel in channels], after)
+
+    async def listen(self, channel: str | None) -> None:
+        """Have this process receive ``channel``'s events (call it when the channel gets its
+        first subscriber here; those to everyone always arrive). Returns once they will: an
+        event published afterwards reaches this process. Calls made together are sent to Redis
+        as one command, so gather them."""
+        await self.backend.listen(topic(channel))
+
+    async def unlisten(self, channel: str | None) -> None:
+        """Stop receiving ``channel``'s events here (when its last subscriber here leaves)."""
+        await self.backend.unlisten(topic(channel))
 
     def publish_soon(self, event: Event) -> None:
         """``publish`` from code that cannot wait; events go out in the order given."""

@@ -1,29 +1,41 @@
 """The Redis backend (redis-py's asyncio API): events shared by every node.
 
 Deliberate choices:
-- One cross-node path. A publish is one Lua call that takes the next id (the channel's epoch and
-  ``HINCRBY`` of its offset), keeps the event in the channel's history stream (bounded by count
-  and bytes) and ``PUBLISH``es ``"<id> <json>"``; every node, the publisher included, receives
-  it once from its subscription and delivers it to its own clients. Nobody delivers directly,
-  so nothing arrives twice. (python-socketio's own Redis manager is not used beside it.)
+- One cross-node path. A publish is one Lua call that takes the next id (the deployment's one
+  sequence: its epoch and ``HINCRBY`` of its offset), keeps the event in its topic's history
+  stream (bounded by count, bytes and age, per topic) and ``PUBLISH``es ``"<id> <json>"`` on the
+  topic's channel; every node that listens to the topic, the publisher included, receives it
+  once from its subscription and delivers it to its own clients. Nobody delivers directly, so
+  nothing arrives twice. (python-socketio's own Redis manager is not used beside it.)
+- A node subscribes to exactly the topics its clients use (``SUBSCRIBE``, not a pattern), so a
+  publish to a channel nobody here follows costs this node nothing. Subscribing is batched: the
+  topics asked for while a command is on its way go out together in the next one, so 100,000
+  channels cost a few commands, not 100,000 round trips.
 - Outages are reported, not hidden (``redis_link.py``). Presence is ``redis_presence.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from broadcast.broker.base import (
+    EVERYONE,
     BrokerUnavailable,
     DeliverCallback,
     History,
     channel_of,
-    complete_after,
+    held_in_full,
+    merge_by_offset,
 )
 from broadcast.broker.redis_link import (
     CONNECTION_ERRORS,
@@ -40,48 +52,67 @@ from broadcast.supervisor import Supervisor
 logger = logging.getLogger(__name__)
 
 EVENT_CHANNEL_PREFIX = PREFIX + "events:"
-STREAM_PREFIX = PREFIX + "stream:"
-HISTORY_PREFIX = PREFIX + "replay:"
-"""(Not ``history:``, where nodes of a version with bare counter ids keep theirs: during a rolling
-upgrade the two never write to one stream, whose entry ids would then go backwards.)"""
+SEQUENCE_KEY = PREFIX + "sequence"
+TOPIC_PREFIX = PREFIX + "topic:"
+LOG_PREFIX = PREFIX + "log:"
+"""(New names, not ``stream:`` and ``replay:``, where nodes of the version with an offset per
+channel keep theirs: during a rolling upgrade the two never write to one stream, whose entry ids
+would then go backwards.)"""
 
-# KEYS[1]: the channel's state, one hash: its epoch, its last offset, the bytes its history
-# holds; KEYS[2]: the channel; KEYS[3]: its history stream. ARGV[1]: the event as JSON,
-# ARGV[2]: how many events the history keeps, ARGV[3]: how many bytes of events, ARGV[4]: now
-# (ms), ARGV[5]: a fresh epoch, taken when the channel has none.
+# KEYS[1]: the sequence, one hash: its epoch, its last offset; KEYS[2]: the topic's bookkeeping,
+# one hash: the epoch it belongs to, the bytes its history holds, the highest offset it evicted;
+# KEYS[3]: the topic's history stream; KEYS[4]: the topic's pub/sub channel. ARGV[1]: the event
+# as JSON, ARGV[2]: how many events a topic keeps, ARGV[3]: how many bytes of events, ARGV[4]:
+# now (ms), ARGV[5]: a fresh epoch, taken when the sequence has none, ARGV[6]: the oldest time
+# kept (ms).
 # Epoch and offset live in one key, so whatever loses one (FLUSHALL, a failover to an empty
-# replica, an eviction) loses both, and the next publish starts a new epoch; the history of the
-# old one goes with it, so the two are never mixed. The stream entry's id is the offset, so
+# replica, an eviction) loses both, and the next publish starts a new epoch. A topic whose
+# bookkeeping is of another epoch (or lost) loses its history at its next publish, so two
+# epochs are never mixed; a topic whose stream alone was lost marks all before as evicted. The
+# stream entry's id is the offset (increasing within a topic, with gaps: the other topics'), so
 # history reads by offset; ``s`` is the size counted for the entry.
 _PUBLISH = """
 if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[5]) == 1 then
-  redis.call('HSET', KEYS[1], 'offset', 0, 'bytes', 0)
-  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[1], 'offset', 0)
 end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
-local offset = string.format('%d', redis.call('HINCRBY', KEYS[1], 'offset', 1))
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+if redis.call('HGET', KEYS[2], 'epoch') ~= epoch then
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'bytes', 0, 'evicted', 0)
+end
 local size = string.len(ARGV[1])
-redis.call('XADD', KEYS[3], offset .. '-0', 'e', ARGV[1], 't', ARGV[4], 's', size)
+redis.call('XADD', KEYS[3], string.format('%d-0', offset), 'e', ARGV[1], 't', ARGV[4], 's', size)
 local count = redis.call('XLEN', KEYS[3])
 local bytes = size
 if count == 1 then
-  redis.call('HSET', KEYS[1], 'bytes', size)  -- the stream alone was lost: count afresh
+  if tonumber(redis.call('HGET', KEYS[2], 'bytes')) > 0 then
+    redis.call('HSET', KEYS[2], 'evicted', string.format('%d', offset - 1))
+  end
+  redis.call('HSET', KEYS[2], 'bytes', size)
 else
-  bytes = redis.call('HINCRBY', KEYS[1], 'bytes', size)
+  bytes = redis.call('HINCRBY', KEYS[2], 'bytes', size)
 end
 local max_count, max_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
-while count > max_count or bytes > max_bytes do
+local oldest_allowed = tonumber(ARGV[6])
+local evicted = nil
+while true do
   local oldest = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)[1]
   if oldest == nil then break end
-  local fields = oldest[2]
-  for i = 1, #fields, 2 do
-    if fields[i] == 's' then bytes = redis.call('HINCRBY', KEYS[1], 'bytes', -fields[i + 1]) end
+  local fields = oldest[2]  -- e, <json>, t, <ms>, s, <size>: as XADD wrote them
+  if count <= max_count and bytes <= max_bytes and tonumber(fields[4]) >= oldest_allowed then
+    break
   end
+  bytes = bytes - tonumber(fields[6])
   redis.call('XDEL', KEYS[3], oldest[1])
   count = count - 1
+  evicted = oldest[1]
 end
-local id = epoch .. ':' .. offset
-redis.call('PUBLISH', KEYS[2], id .. ' ' .. ARGV[1])
+if evicted then
+  redis.call('HSET', KEYS[2], 'bytes', bytes, 'evicted', string.match(evicted, '^%d+'))
+end
+local id = epoch .. ':' .. string.format('%d', offset)
+redis.call('PUBLISH', KEYS[4], id .. ' ' .. ARGV[1])
 return id
 """
 
@@ -89,6 +120,10 @@ return id
 def _offset(entry_id: bytes) -> int:
     """The offset a history stream entry stands for: its id is ``<offset>-0``."""
     return int(entry_id.split(b"-")[0])
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode() if value is not None else None
 
 
 class RedisBackend:
@@ -101,6 +136,9 @@ class RedisBackend:
         history_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self._redis = connect(url)
+        # Subscribing to 100,000 topics brings 100,000 confirmations: redis-py's Python parser
+        # reads RESP 2's in about 60% of the time of RESP 3's (pushes take a detour there).
+        self._subscriber = connect(url, protocol=2)
         self._history_size = history_size
         self._history_bytes = history_bytes
         self._history_ms = int(history_seconds * 1000)
@@ -109,6 +147,21 @@ class RedisBackend:
         self._backoff = Backoff(reconnect_max_seconds)
         self._deliver: DeliverCallback | None = None
         self._supervisor: Supervisor | None = None
+        # Listening: the topics this node wants (kept across reconnections), and the state of
+        # the live subscription while there is one.
+        self._listened: set[str] = {EVERYONE}
+        self._live: PubSub | None = None
+        """The subscription, once every listened topic was asked of it (``None``: none)."""
+        self._subscribed: set[str] = set()
+        """Topics the live subscription has sent ``SUBSCRIBE`` for (and no ``UNSUBSCRIBE``)."""
+        self._unconfirmed: dict[str, int] = {}
+        """``SUBSCRIBE``s sent and not yet confirmed, by topic."""
+        self._changed: set[str] = set()
+        """Topics listened to or not since the last command sent."""
+        self._changed_event = asyncio.Event()
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        """``listen`` calls waiting for Redis to confirm their topic (one future each: a caller
+        that gives up cancels its own wait only)."""
 
     @property
     def unavailable_reason(self) -> str | None:
@@ -119,82 +172,206 @@ class RedisBackend:
         self._supervisor = supervisor
         supervisor.start(
             "redis-events",
-            lambda: until_cancelled("events", self._health, self._backoff, self._listen),
+            lambda: until_cancelled("events", self._health, self._backoff, self._subscription),
         )
 
     async def stop(self) -> None:
         if self._supervisor is not None:
             await self._supervisor.cancel("redis-events")
-        with contextlib.suppress(*CONNECTION_ERRORS):
-            await self._redis.aclose()
+        for client in (self._redis, self._subscriber):
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await client.aclose()
 
-    async def publish(self, channel: str, event: Event) -> str:
+    async def publish(self, topic: str, event: Event) -> str:
         if self._health.reason is not None:
             raise BrokerUnavailable(self._health.reason)
         payload = orjson.dumps({"name": event.name, "data": event.data})
+        now = int(time.time() * 1000)
         try:
             event_id = await self._publish(
                 keys=[
-                    STREAM_PREFIX + channel,
-                    EVENT_CHANNEL_PREFIX + channel,
-                    HISTORY_PREFIX + channel,
+                    SEQUENCE_KEY,
+                    TOPIC_PREFIX + topic,
+                    LOG_PREFIX + topic,
+                    EVENT_CHANNEL_PREFIX + topic,
                 ],
                 args=[
                     payload,
                     self._history_size,
                     self._history_bytes,
-                    int(time.time() * 1000),
+                    now,
                     new_epoch(),
+                    now - self._history_ms,
                 ],
             )
         except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"redis unreachable: {exc}") from exc
         return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
 
-    async def history(self, channel: str, after: EventId | None) -> History:
-        key = HISTORY_PREFIX + channel
+    async def history(self, topics: Sequence[str], after: EventId | None) -> History:
+        topics = list(dict.fromkeys(topics))
         try:
-            # One transaction: the state and the stream of the same epoch.
+            # One transaction: the sequence and the histories of the same moment.
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hmget(STREAM_PREFIX + channel, "epoch", "offset")
-                pipe.xrange(key, "-", "+", count=1)
-                if after is not None:
-                    pipe.xrange(key, f"({after.offset}-0", "+")
-                (epoch_bytes, last_bytes), first, *rest = await pipe.execute()
+                pipe.hmget(SEQUENCE_KEY, "epoch", "offset")
+                for topic in topics:
+                    pipe.hmget(TOPIC_PREFIX + topic, "epoch", "evicted")
+                    pipe.xrange(LOG_PREFIX + topic, "-", "+", count=1)
+                    if after is not None:
+                        pipe.xrange(LOG_PREFIX + topic, f"({after.offset}-0", "+")
+                (epoch_bytes, last_bytes), *replies = await pipe.execute()
         except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"redis unreachable: {exc}") from exc
-        epoch = epoch_bytes.decode() if epoch_bytes is not None else None
-        last = int(last_bytes or 0)
-        oldest = f"{epoch}:{_offset(first[0][0])}" if first and epoch else None
-        if after is None or after.epoch != epoch or after.offset > last:
-            return History([], False, oldest)  # not a position of this stream
+        epoch = _text(epoch_bytes)
+        valid = after is not None and after.epoch == epoch and after.offset <= int(last_bytes or 0)
+        complete = valid
         cutoff = time.time() * 1000 - self._history_ms
-        where = channel_of(channel)
-        events = []
-        first_held = None
-        for entry_id, fields in rest[0]:
-            if float(fields[b"t"]) < cutoff:
-                continue  # too old to replay: counts as missing
-            offset = _offset(entry_id)
-            first_held = offset if first_held is None else first_held
-            body = orjson.loads(fields[b"e"])
-            events.append(
-                Event(body["name"], body.get("data"), str(EventId(epoch, offset)), where)
-            )
-        return History(events, complete_after(first_held, after.offset, last), oldest)
+        per_reply = 2 if after is None else 3
+        oldest: int | None = None
+        per_topic: list[list[tuple[int, Event]]] = []
+        for index, topic in enumerate(topics):
+            (topic_epoch, evicted), head, *newer = replies[
+                index * per_reply : (index + 1) * per_reply
+            ]
+            if epoch is None or _text(topic_epoch) != epoch:
+                continue  # nothing published to it in this epoch (what it holds is older)
+            first = _offset(head[0][0]) if head and float(head[0][1][b"t"]) >= cutoff else None
+            events = []
+            for entry_id, fields in newer[0] if newer else ():
+                if float(fields[b"t"]) < cutoff:
+                    complete = False  # too old to replay: counts as missing
+                    continue
+                offset = _offset(entry_id)
+                first = offset if first is None else first
+                body = orjson.loads(fields[b"e"])
+                event = Event(
+                    body["name"], body.get("data"), f"{epoch}:{offset}", channel_of(topic)
+                )
+                events.append((offset, event))
+            oldest = first if oldest is None or (first is not None and first < oldest) else oldest
+            if after is not None:
+                complete = complete and held_in_full(after.offset, [int(evicted or 0)])
+            per_topic.append(events)
+        oldest_id = f"{epoch}:{oldest}" if oldest is not None else None
+        if not valid:
+            return History([], False, oldest_id)  # not a position of this sequence
+        return History(merge_by_offset(per_topic), complete, oldest_id)
 
-    async def _listen(self) -> None:
-        async with self._redis.pubsub() as pubsub:
-            await pubsub.psubscribe(EVENT_CHANNEL_PREFIX + "*")
-            self._health.ok()
-            self._backoff.reset()
-            async for message in pubsub.listen():
-                raise_if_cancelling()
-                if message["type"] == "pmessage":
-                    self._receive(message["channel"], message["data"])
+    # ------------------------------------------------------------------------- listening
+
+    async def listen(self, topic: str) -> None:
+        if topic not in self._listened:
+            self._listened.add(topic)
+            if self._live is None:
+                return  # the next connection subscribes to every listened topic
+            self._changed.add(topic)
+            self._changed_event.set()
+        elif topic not in self._waiters:
+            return  # listened to, and confirmed (or to be subscribed by the next connection)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(topic, []).append(waiter)
+        await waiter
+
+    async def unlisten(self, topic: str) -> None:
+        if topic == EVERYONE or topic not in self._listened:
+            return
+        self._listened.discard(topic)
+        if self._live is not None:
+            self._changed.add(topic)
+            self._changed_event.set()
+
+    def _confirmed(self, topic: str) -> None:
+        """Release the ``listen`` calls of ``topic`` if nothing about it is still under way."""
+        if topic in self._changed or topic in self._unconfirmed:
+            return
+        for waiter in self._waiters.pop(topic, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _subscription(self) -> None:
+        """One connection's life: subscribe to every listened topic, then receive and keep the
+        subscription in step with ``listen`` / ``unlisten`` until the connection fails."""
+        async with self._subscriber.pubsub() as pubsub:
+            initial = list(self._listened)
+            self._subscribed = set(initial)
+            self._unconfirmed = dict.fromkeys(initial, 1)
+            self._changed.clear()  # this subscription starts from the whole set
+            self._live = pubsub
+            try:
+                await pubsub.subscribe(*map(_channel, initial))
+                # Two tasks on one connection: redis-py's PubSub sends a command from any task
+                # (the write is one call, and sent while subscribed it reads nothing back), the
+                # confirmations come through the reader. Neither may reconnect (redis-py would
+                # on its own, and then both would read): the first to fail ends both.
+                reader = asyncio.create_task(self._read(pubsub, len(initial)))
+                writer = asyncio.create_task(self._write(pubsub))
+                try:
+                    done, _ = await asyncio.wait(
+                        (reader, writer), return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in done:
+                        task.result()
+                finally:
+                    reader.cancel()
+                    writer.cancel()
+                    await asyncio.gather(reader, writer, return_exceptions=True)
+            finally:
+                self._live = None
+                self._subscribed.clear()
+                self._unconfirmed.clear()
+                self._changed.clear()
+                # The next connection subscribes to every listened topic: nothing to wait for.
+                waiters, self._waiters = self._waiters, {}
+                for waiter in itertools.chain.from_iterable(waiters.values()):
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+    async def _read(self, pubsub: PubSub, initial: int) -> None:
+        while True:
+            _ensure_connected(pubsub)
+            message = await pubsub.get_message(timeout=None)
+            raise_if_cancelling()
+            if message is None:
+                continue  # a health check's answer
+            kind = message["type"]
+            if kind == "message":
+                self._receive(message["channel"], message["data"])
+            elif kind == "subscribe":
+                topic = _topic(message["channel"])
+                left = self._unconfirmed.get(topic, 0) - 1
+                if left > 0:
+                    self._unconfirmed[topic] = left
+                else:
+                    self._unconfirmed.pop(topic, None)
+                    self._confirmed(topic)
+                initial -= 1
+                if initial == 0:  # every listened topic is subscribed again: healthy
+                    self._health.ok()
+                    self._backoff.reset()
+
+    async def _write(self, pubsub: PubSub) -> None:
+        """Send what ``listen`` / ``unlisten`` changed, all of it in one command each time."""
+        while True:
+            await self._changed_event.wait()
+            self._changed_event.clear()
+            changed, self._changed = self._changed, set()
+            add = [t for t in changed if t in self._listened and t not in self._subscribed]
+            remove = [t for t in changed if t not in self._listened and t in self._subscribed]
+            self._subscribed.update(add)
+            self._subscribed.difference_update(remove)
+            for topic in add:
+                self._unconfirmed[topic] = self._unconfirmed.get(topic, 0) + 1
+            if remove:
+                _ensure_connected(pubsub)
+                await pubsub.unsubscribe(*map(_channel, remove))
+            if add:
+                _ensure_connected(pubsub)
+                await pubsub.subscribe(*map(_channel, add))
+            for topic in changed:
+                self._confirmed(topic)  # those that need no confirmation (any more)
 
     def _receive(self, channel: bytes, data: bytes) -> None:
-        topic = channel.decode().removeprefix(EVENT_CHANNEL_PREFIX)
+        topic = _topic(channel)
         try:
             event_id, _, payload = data.partition(b" ")
             fields: dict[str, Any] = orjson.loads(payload)
@@ -204,3 +381,19 @@ class RedisBackend:
             return
         assert self._deliver is not None
         self._deliver(topic, event)
+
+
+def _ensure_connected(pubsub: PubSub) -> None:
+    """Fail rather than let redis-py reconnect by itself (it would, on the next command or
+    read; called just before one, with no wait in between)."""
+    if pubsub.connection is None or not pubsub.connection.is_connected:
+        raise RedisConnectionError("the subscription's connection was lost")
+
+
+def _channel(topic: str) -> bytes:
+    """The pub/sub channel of ``topic`` (as redis-py reports channels: bytes)."""
+    return (EVENT_CHANNEL_PREFIX + topic).encode()
+
+
+def _topic(channel: bytes) -> str:
+    return channel.decode().removeprefix(EVENT_CHANNEL_PREFIX)
