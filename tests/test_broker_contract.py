@@ -312,6 +312,28 @@ async def test_a_busy_topic_does_not_evict_a_quiet_ones_events(
     assert not (await node.backend.history(["channel:busy"], busy[15])).complete
 
 
+async def test_a_quiet_topics_aged_events_count_as_missing(
+    make_node: Callable[[], object],
+) -> None:
+    node: Node = await make_node()  # type: ignore[misc]
+    start = await publish(node, "start")
+    await publish(node, "quiet", "channel:quiet")
+
+    async def aged() -> bool:
+        return not (await node.backend.history(["channel:quiet"], start)).events
+
+    deadline = asyncio.get_running_loop().time() + 5
+    while not await aged():  # the age limit is 1 s here
+        assert asyncio.get_running_loop().time() < deadline, "events never aged out"
+        await asyncio.sleep(0.05)  # polling a condition, with a deadline
+    later = await publish(node, "later")  # in process: forgets the quiet topic's history
+    history = await node.backend.history(["channel:quiet", "global"], start)
+    assert [data(e) for e in history.events] == ["later"]
+    assert not history.complete, "the quiet topic's event is missing"
+    assert history.oldest_id == str(later)
+    assert (await node.backend.history(["channel:quiet", "channel:new"], later)).complete
+
+
 @pytest.mark.parametrize("make_node", ["redis"], indirect=True)
 async def test_losing_the_sequence_wipes_a_topics_older_history(
     make_node: Callable[[], object], request: pytest.FixtureRequest

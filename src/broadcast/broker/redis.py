@@ -86,7 +86,7 @@ redis.call('XADD', KEYS[3], string.format('%d-0', offset), 'e', ARGV[1], 't', AR
 local count = redis.call('XLEN', KEYS[3])
 local bytes = size
 if count == 1 then
-  if tonumber(redis.call('HGET', KEYS[2], 'bytes')) > 0 then
+  if (tonumber(redis.call('HGET', KEYS[2], 'bytes')) or 0) > 0 then
     redis.call('HSET', KEYS[2], 'evicted', string.format('%d', offset - 1))
   end
   redis.call('HSET', KEYS[2], 'bytes', size)
