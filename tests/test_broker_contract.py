@@ -15,7 +15,7 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 
 from broadcast.broker import Backend, PresenceBackend, create_backends
-from broadcast.broker.redis import EVENT_CHANNEL_PREFIX, SEQUENCE_KEY, RedisBackend
+from broadcast.broker.redis import EVENT_CHANNEL_PREFIX, LOG_PREFIX, SEQUENCE_KEY, RedisBackend
 from broadcast.events import Event, EventId, parse_event_id
 from broadcast.settings import Settings
 from broadcast.supervisor import Supervisor
@@ -332,6 +332,32 @@ async def test_a_quiet_topics_aged_events_count_as_missing(
     assert not history.complete, "the quiet topic's event is missing"
     assert history.oldest_id == str(later)
     assert (await node.backend.history(["channel:quiet", "channel:new"], later)).complete
+
+
+@pytest.mark.parametrize("make_node", ["redis"], indirect=True)
+async def test_a_topics_stream_expires_and_its_loss_is_seen(
+    make_node: Callable[[], object], request: pytest.FixtureRequest
+) -> None:
+    node: Node = await make_node()  # type: ignore[misc]
+    start = await publish(node, "start")
+    lost = [await publish(node, n, "channel:a") for n in range(2)]
+    redis: RedisServer = request.getfixturevalue("redis")
+    client = aioredis.Redis.from_url(redis.url)
+    try:
+        # Set to expire a little after its events are too old to replay (1 s here).
+        assert 1000 < await client.pttl(LOG_PREFIX + "channel:a") <= 1000 + 5000
+        await client.delete(LOG_PREFIX + "channel:a")  # as its expiry would
+    finally:
+        await client.aclose()
+    history = await node.backend.history(["channel:a", "global"], start)
+    assert (history.events, history.complete) == ([], False), "its newest event went"
+    assert (await node.backend.history(["channel:a"], lost[-1])).complete
+    after = await publish(node, "after", "channel:a")
+    history = await node.backend.history(["channel:a"], start)
+    assert [data(e) for e in history.events] == ["after"]
+    assert not history.complete, "what the stream held before is missing"
+    assert history.oldest_id == str(after)
+    assert (await node.backend.history(["channel:a"], lost[-1])).complete
 
 
 @pytest.mark.parametrize("make_node", ["redis"], indirect=True)

@@ -60,15 +60,17 @@ channel keep theirs: during a rolling upgrade the two never write to one stream,
 would then go backwards.)"""
 
 # KEYS[1]: the sequence, one hash: its epoch, its last offset; KEYS[2]: the topic's bookkeeping,
-# one hash: the epoch it belongs to, the bytes its history holds, the highest offset it evicted;
-# KEYS[3]: the topic's history stream; KEYS[4]: the topic's pub/sub channel. ARGV[1]: the event
-# as JSON, ARGV[2]: how many events a topic keeps, ARGV[3]: how many bytes of events, ARGV[4]:
-# now (ms), ARGV[5]: a fresh epoch, taken when the sequence has none, ARGV[6]: the oldest time
-# kept (ms).
+# one hash: the epoch it belongs to, the bytes its history holds, the highest offset it evicted,
+# its newest offset; KEYS[3]: the topic's history stream; KEYS[4]: the topic's pub/sub channel.
+# ARGV[1]: the event as JSON, ARGV[2]: how many events a topic keeps, ARGV[3]: how many bytes of
+# events, ARGV[4]: now (ms), ARGV[5]: a fresh epoch, taken when the sequence has none, ARGV[6]:
+# the oldest time kept (ms), ARGV[7]: how long a stream outlives its newest event (ms).
 # Epoch and offset live in one key, so whatever loses one (FLUSHALL, a failover to an empty
 # replica, an eviction) loses both, and the next publish starts a new epoch. A topic whose
 # bookkeeping is of another epoch (or lost) loses its history at its next publish, so two
-# epochs are never mixed; a topic whose stream alone was lost marks all before as evicted. The
+# epochs are never mixed. A quiet topic's stream expires once all it holds is too old (its
+# bookkeeping stays: it says what was evicted); a topic whose stream alone went (so expired, or
+# lost) marks all before as evicted at its next publish. The
 # stream entry's id is the offset (increasing within a topic, with gaps: the other topics'), so
 # history reads by offset; ``s`` is the size counted for the entry.
 _PUBLISH = """
@@ -83,6 +85,8 @@ if redis.call('HGET', KEYS[2], 'epoch') ~= epoch then
 end
 local size = string.len(ARGV[1])
 redis.call('XADD', KEYS[3], string.format('%d-0', offset), 'e', ARGV[1], 't', ARGV[4], 's', size)
+redis.call('PEXPIRE', KEYS[3], ARGV[7])
+redis.call('HSET', KEYS[2], 'last', string.format('%d', offset))
 local count = redis.call('XLEN', KEYS[3])
 local bytes = size
 if count == 1 then
@@ -115,6 +119,11 @@ local id = epoch .. ':' .. string.format('%d', offset)
 redis.call('PUBLISH', KEYS[4], id .. ' ' .. ARGV[1])
 return id
 """
+
+
+STREAM_EXPIRY_MARGIN_MS = 5000
+"""A stream expires this long after its newest event is too old to replay (the nodes' clocks,
+which date the events, and Redis's, which expires them, may differ a little)."""
 
 
 def _offset(entry_id: bytes) -> int:
@@ -202,6 +211,7 @@ class RedisBackend:
                     now,
                     new_epoch(),
                     now - self._history_ms,
+                    self._history_ms + STREAM_EXPIRY_MARGIN_MS,
                 ],
             )
         except CONNECTION_ERRORS as exc:
@@ -215,7 +225,7 @@ class RedisBackend:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hmget(SEQUENCE_KEY, "epoch", "offset")
                 for topic in topics:
-                    pipe.hmget(TOPIC_PREFIX + topic, "epoch", "evicted")
+                    pipe.hmget(TOPIC_PREFIX + topic, "epoch", "evicted", "last")
                     pipe.xrange(LOG_PREFIX + topic, "-", "+", count=1)
                     if after is not None:
                         pipe.xrange(LOG_PREFIX + topic, f"({after.offset}-0", "+")
@@ -230,7 +240,7 @@ class RedisBackend:
         oldest: int | None = None
         per_topic: list[list[tuple[int, Event]]] = []
         for index, topic in enumerate(topics):
-            (topic_epoch, evicted), head, *newer = replies[
+            (topic_epoch, evicted, topic_last), head, *newer = replies[
                 index * per_reply : (index + 1) * per_reply
             ]
             if epoch is None or _text(topic_epoch) != epoch:
@@ -250,7 +260,15 @@ class RedisBackend:
                 events.append((offset, event))
             oldest = first if oldest is None or (first is not None and first < oldest) else oldest
             if after is not None:
-                complete = complete and held_in_full(after.offset, [int(evicted or 0)])
+                # Nothing evicted after the position, and its newest event still there if it
+                # is after it (else the stream went: expired, or lost).
+                newest = _offset(newer[0][-1][0]) if newer and newer[0] else None
+                last = int(topic_last or 0)
+                complete = (
+                    complete
+                    and held_in_full(after.offset, [int(evicted or 0)])
+                    and (last <= after.offset or newest == last)
+                )
             per_topic.append(events)
         oldest_id = f"{epoch}:{oldest}" if oldest is not None else None
         if not valid:
