@@ -15,7 +15,8 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 
 from broadcast.broker import Backend, PresenceBackend, create_backends
-from broadcast.broker.redis import EVENT_CHANNEL_PREFIX, LOG_PREFIX, SEQUENCE_KEY, RedisBackend
+from broadcast.broker.redis import LOG_PREFIX, SEQUENCE_KEY, RedisBackend
+from broadcast.broker.redis_topics import EVENT_CHANNEL_PREFIX
 from broadcast.events import Event, EventId, parse_event_id
 from broadcast.settings import Settings
 from broadcast.supervisor import Supervisor
