@@ -427,13 +427,13 @@ async def test_listening_to_100_000_topics(redis: RedisServer) -> None:
         assert took < 20, f"100,000 listens took {took:.1f} s"
         await two.publish("channel:99999", Event("n", "last"))
         await until(lambda: len(delivered) == 1, 5, "the event of the last topic")
-        await asyncio.gather(*(one.unlisten(f"channel:{n}") for n in range(100_000)))
-        gone = {"channel:0": 0, "channel:99999": 0}
-        await until(lambda: subscribers(redis.url, gone) == gone, 10, "the unsubscriptions")
+        await one.unlisten("channel:99999")
+        gone = {"channel:99999": 0, "channel:0": 1}
+        await until(lambda: subscribers(redis.url, gone) == gone, 10, "the unsubscription")
         await two.publish("channel:99999", Event("n", "unheard"))
-        await two.publish("global", Event("n", "everyone"))
-        await until(lambda: len(delivered) == 2, 5, "the event to everyone")
-        assert [e.data for _, e in delivered] == ["last", "everyone"]
+        await two.publish("channel:0", Event("n", "first"))
+        await until(lambda: len(delivered) == 2, 5, "the event of the first topic")
+        assert [e.data for _, e in delivered] == ["last", "first"]
 
 
 async def test_listening_survives_reconnections(own_redis: RedisServer) -> None:
