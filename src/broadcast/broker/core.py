@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from broadcast.broker.base import EVERYONE, Backend, BrokerUnavailable, History, topic
-from broadcast.broker.hub import EventSize, Hub, Overflow, Subscriber
+from broadcast.broker.hub import ALL, EventSize, Hub, Overflow, Subscriber
 from broadcast.events import Event, EventId
 from broadcast.eviction import SHUTTING_DOWN, Evicted
 from broadcast.metrics import Metrics
@@ -17,14 +17,11 @@ from broadcast.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHANNEL = EVERYONE
-"""The topic of events to everyone."""
-
 
 class Broker:
     def __init__(self, backend: Backend, metrics: Metrics | None = None) -> None:
         self.backend = backend
-        self.hub = Hub()
+        self.hub = Hub(listening=[EVERYONE])
         self.metrics = metrics or Metrics()
         # Announcements made from synchronous code (joins, leaves) wait here and are published
         # in order by one task, so a client's "joined" never overtakes its "left".
@@ -68,17 +65,6 @@ class Broker:
         ``after`` that are still held, in id order (one id sequence spans every channel)."""
         return await self.backend.history([topic(channel) for channel in channels], after)
 
-    async def listen(self, channel: str | None) -> None:
-        """Have this process receive ``channel``'s events (call it when the channel gets its
-        first subscriber here; those to everyone always arrive). Returns once they will: an
-        event published afterwards reaches this process. Calls made together are sent to Redis
-        as one command, so gather them."""
-        await self.backend.listen(topic(channel))
-
-    async def unlisten(self, channel: str | None) -> None:
-        """Stop receiving ``channel``'s events here (when its last subscriber here leaves)."""
-        await self.backend.unlisten(topic(channel))
-
     def publish_soon(self, event: Event) -> None:
         """``publish`` from code that cannot wait; events go out in the order given."""
         self._outbox.append((topic(event.channel), event))
@@ -94,14 +80,30 @@ class Broker:
         self,
         max_backlog: int,
         overflow: Overflow = Overflow.CLOSE,
-        channel: str = DEFAULT_CHANNEL,
+        channels: Sequence[str | None] | None = None,
         max_bytes: int | None = None,
         size: EventSize | None = None,
     ) -> Subscriber:
-        return self.hub.subscribe(channel, max_backlog, overflow, max_bytes, size)
+        """A subscriber of the events of ``channels`` (``None`` among them: those to everyone),
+        or, without ``channels``, of every channel this node listens to (``listen``)."""
+        topics = ALL if channels is None else [topic(channel) for channel in channels]
+        return self.hub.subscribe(topics, max_backlog, overflow, max_bytes, size)
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self.hub.unsubscribe(subscriber)
+
+    async def listen(self, channel: str) -> None:
+        """This node has subscribers of ``channel`` now: receive its events (the transports'
+        pumps get them from here on). Returns once the backend will deliver them: an event
+        published afterwards reaches this node. Calls made together go to Redis as one command
+        (gather them)."""
+        self.hub.listening.add(topic(channel))
+        await self.backend.listen(topic(channel))
+
+    async def unlisten(self, channel: str) -> None:
+        """This node's last subscriber of ``channel`` left: its events need not come here."""
+        self.hub.listening.discard(topic(channel))
+        await self.backend.unlisten(topic(channel))
 
     async def _send_outbox(self) -> None:
         while True:

@@ -225,5 +225,14 @@ class MemoryPresence:
     def local_changed(self, local_count: int) -> None:
         pass
 
+    def channel_changed(self, channel: str, local_count: int, users: object) -> None:
+        pass  # TEMPORARY: the chpresence branch brings the real one
+
+    def watch(self, channel: str) -> None:
+        pass
+
+    def unwatch(self, channel: str) -> None:
+        pass
+
     async def stop(self) -> None:
         pass
