@@ -300,3 +300,38 @@ async def test_private_channels_need_a_grant_at_connect_and_at_subscribe(
         await publish(server.url, "secret", {"x": 1}, channel="private:team-7")
         await until(lambda: sse_data(sse, "secret") == [{"x": 1}], 5, "the private event")
         await until(lambda: sio_data(alice, "secret") == [{"x": 1}], 5, "over Socket.IO too")
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_resuming_client_gets_exactly_the_missed_events_of_its_channels(
+    start_server: StartServer, request: pytest.FixtureRequest, backend: str
+) -> None:
+    settings = {"BROADCAST_PUBLISH_TOKEN": TOKEN}
+    if backend == "redis":
+        settings["BROADCAST_BROKER_URL"] = request.getfixturevalue("redis").url
+    server = start_server(settings)
+    async with sse_session() as open_sse:
+        first = await open_sse(server.url, sse_path("a"))
+        await until(lambda: bool(sse_data(first, "channel count")), 5, "the stream")
+        seen = await publish(server.url, "in-a", 1, channel="a")
+        await until(lambda: bool(sse_data(first, "in-a")), 5, "the first event")
+    # Gone: what it misses, interleaved over its channel, another and everyone.
+    await publish(server.url, "in-a", 2, channel="a")
+    await publish(server.url, "in-b", 3, channel="b")
+    await publish(server.url, "to-all", 4)
+    await publish(server.url, "in-a", 5, channel="a")
+    expected = [("in-a", 2), ("to-all", 4), ("in-a", 5)]
+
+    def replayed(events: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        return [(name, data) for name, data in events if name in ("in-a", "in-b", "to-all", "gap")]
+
+    async with sse_session() as open_sse:
+        back = await open_sse(server.url, sse_path("a"), headers={"Last-Event-ID": seen})
+        await until(lambda: len(sse_data(back, "in-a")) == 2, 5, "the missed events")
+        got = replayed([(e.event, json.loads(e.data)) for e in back.events])
+        assert got == expected, "exactly its channels' and everyone's, in order, no gap"
+    sio = await connect_sio(
+        server.url, ["websocket"], auth={"channels": ["a"], "lastEventId": seen}
+    )
+    await until(lambda: len(sio_data(sio, "in-a")) == 2, 5, "the missed events over Socket.IO")
+    assert replayed(sio.events) == expected
