@@ -25,7 +25,8 @@
   const params = new URLSearchParams(location.search);
   let username = initialName(); // "" is anonymous
   let useSse = params.get("transport") === "sse" || typeof io === "undefined";
-  let connection = null; // the live transport: {close(), send(text, done) | null}
+  // The live transport: {close(), send(text, channel, done) | null, changeRoom(next, done) | null}
+  let connection = null;
   // The id of the last event received: every reconnection (either transport) resumes after it,
   // so the server replays what this page missed while it was away.
   let lastEventId = "";
@@ -73,7 +74,8 @@
   // Events of a channel are shown only for this page's room (or the one it is entering): those
   // of a room just left may still be on their way.
   function inRoom(channel) {
-    return typeof channel === "string" && channel !== "" && (channel === room || channel === entering);
+    return typeof channel === "string" && channel !== ""
+      && (channel === room || channel === entering);
   }
 
   // ------------------------------------------------------------------ rendering
@@ -89,7 +91,8 @@
   function showRoom() {
     const count = roomCounts.get(room);
     ui.roomCount.hidden = !room;
-    ui.roomCount.textContent = !room ? "" : count === undefined ? `… in ${room}` : `${count} in ${room}`;
+    ui.roomCount.textContent = !room ? ""
+      : count === undefined ? `… in ${room}` : `${count} in ${room}`;
     ui.chatTo.hidden = !room;
     ui.chatToRoom.textContent = room;
     if (!room) ui.chatTo.value = "room"; // the next room starts on its own chat again
@@ -98,7 +101,7 @@
   }
 
   function onChannelCount({ channel, count }) {
-    if (typeof channel !== "string") return;
+    if (!inRoom(channel)) return; // a room just left: its count no longer matters here
     roomCounts.set(channel, count);
     if (channel === room) showRoom();
   }
@@ -120,7 +123,9 @@
   function onUser({ username: who, currentUsers, connected, channel, count }) {
     const verb = connected ? "joined" : "left";
     if (channel === undefined) append(ui.events, `${who} ${verb} (${currentUsers} online)`);
-    else if (inRoom(channel)) append(ui.events, `${who} ${verb} ${channel} (${count} in ${channel})`);
+    else if (inRoom(channel)) {
+      append(ui.events, `${who} ${verb} ${channel} (${count} in ${channel})`);
+    }
   }
 
   function onChat({ username: who, message, channel }) {
@@ -254,7 +259,9 @@
           if (entering === next) entering = "";
           if (connection !== handle) return; // replaced meanwhile (a new name, a fallback)
           if (err) return done("The room could not be entered (no answer from the server).");
-          if (!ack || !ack.ok) return done(`Room refused: ${(ack && ack.error) || "no reason given"}`);
+          if (!ack || !ack.ok) {
+            return done(`Room refused: ${(ack && ack.error) || "no reason given"}`);
+          }
           setRoom(next);
           leaveOld();
         });
