@@ -7,6 +7,7 @@ the order they were published)."""
 from __future__ import annotations
 
 import re
+from urllib.parse import urlencode
 
 import pytest
 from playwright.async_api import expect
@@ -162,10 +163,11 @@ async def test_a_refused_room_shows_the_servers_error(open_tab: OpenTab) -> None
         pytest.param("transport=sse&username=fay", "SSE", id="sse"),
     ],
 )
+@pytest.mark.parametrize("room", ["no spaces", "private:secret"], ids=["invalid", "private"])
 async def test_a_refused_room_in_the_address_leaves_the_page_without_a_room(
-    open_tab: OpenTab, query: str, transport: str
+    open_tab: OpenTab, query: str, transport: str, room: str
 ) -> None:
-    fay = await open_tab(f"{query}&channel=no%20spaces")
+    fay = await open_tab(f"{query}&{urlencode({'channel': room})}")
     await expect(fay.page.locator("#error")).to_have_text(
         re.compile(r"^Room refused: .*channel"), timeout=WAIT_MS
     )
@@ -175,7 +177,7 @@ async def test_a_refused_room_in_the_address_leaves_the_page_without_a_room(
     await expect_address(fay, None)
     # The room was refused, not the name.
     await expect(fay.page.locator("#whoami")).to_have_text("You are fay.")
-    await expect(fay.page.locator("#room-input")).to_have_value("no spaces")
+    await expect(fay.page.locator("#room-input")).to_have_value(room)
     await fay.screenshot("fay-refused-room")
 
 
