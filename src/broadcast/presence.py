@@ -96,7 +96,8 @@ class Presence:
         return self.local_users + self.remote_users
 
     async def start(self, supervisor: Supervisor) -> None:
-        await self.backend.start(self._remote_total_changed, supervisor)
+        # Channel counts are not used here yet (channel presence reports them).
+        await self.backend.start(self._remote_total_changed, supervisor, lambda _c, _n: None)
 
     def _window(self) -> float:
         # Every announcement is one frame per client of this node, so under a storm the window

@@ -3,11 +3,12 @@
 Publishing is a direct call to ``deliver``: there is only one process to reach. Ids are
 ``<epoch>:<offset>``: an epoch made at start, a counter per channel. The history keeps each event's
 data once, as JSON bytes, within a count, an age and a byte bound. Presence has no other node to
-hear from.
+hear from: its channel counts are this node's own.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import fcntl
 import logging
@@ -15,6 +16,7 @@ import os
 import tempfile
 import time
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,6 +25,7 @@ import orjson
 from broadcast.broker.base import (
     DeliverCallback,
     History,
+    RemoteChannelCallback,
     RemoteTotalCallback,
     channel_of,
     complete_after,
@@ -156,13 +159,71 @@ class MemoryBackend:
 
 
 class MemoryPresence:
+    """One node alone: its channels are all there is. ``on_remote_channel`` is never called: no
+    other node has subscribers, and a watched channel's remote count starts at 0 (the contract),
+    so it never changes."""
+
     unavailable_reason: str | None = None
 
-    async def start(self, on_remote_total: RemoteTotalCallback, supervisor: Supervisor) -> None:
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._users: dict[str, Mapping[str, int]] = {}
+        """The named users of the channels that have some (read when asked, as the contract
+        allows: no copy per change, which would cost O(users) on every join)."""
+        self._sorted: list[str] | None = None
+        """The active channels' names, sorted; rebuilt when asked after a channel came or went
+        (a listing is rare, a join is not: no sorted insert per new channel)."""
+
+    async def start(
+        self,
+        on_remote_total: RemoteTotalCallback,
+        supervisor: Supervisor,
+        on_remote_channel: RemoteChannelCallback,
+    ) -> None:
         pass
 
     def local_changed(self, local_count: int) -> None:
         pass
 
-    async def stop(self) -> None:
+    def channel_changed(self, channel: str, local_count: int, users: Mapping[str, int]) -> None:
+        if local_count > 0:
+            if channel not in self._counts:
+                self._sorted = None
+            self._counts[channel] = local_count
+            if users:
+                self._users[channel] = users
+            else:
+                self._users.pop(channel, None)
+        elif self._counts.pop(channel, None) is not None:
+            self._users.pop(channel, None)
+            self._sorted = None
+
+    def watch(self, channel: str) -> None:
         pass
+
+    def unwatch(self, channel: str) -> None:
+        pass
+
+    async def channels(self, prefix: str, after: str | None, limit: int) -> list[tuple[str, int]]:
+        if self._sorted is None:
+            self._sorted = sorted(self._counts)
+        names = self._sorted
+        start = bisect.bisect_left(names, prefix)
+        if after is not None and after >= prefix:
+            start = bisect.bisect_right(names, after)
+        page: list[tuple[str, int]] = []
+        for index in range(start, len(names)):
+            name = names[index]
+            if len(page) >= limit or not name.startswith(prefix):
+                break
+            page.append((name, self._counts[name]))
+        return page
+
+    async def channel(self, channel: str) -> tuple[int, list[str]]:
+        users = self._users.get(channel, {})
+        return self._counts.get(channel, 0), sorted(name for name, n in users.items() if n > 0)
+
+    async def stop(self) -> None:
+        self._counts.clear()
+        self._users.clear()
+        self._sorted = None
