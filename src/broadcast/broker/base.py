@@ -117,7 +117,7 @@ class PresenceBackend(Protocol):
     def watch(self, channel: str) -> None:
         """This node has local subscribers of ``channel``: report its remote count through
         ``on_remote_channel``. The count starts at 0 when watched: it is reported when it
-        differs from 0, and then whenever it changes."""
+        differs from 0, and then whenever it changes. Watching a watched channel does nothing."""
 
     def unwatch(self, channel: str) -> None:
         """This node no longer has local subscribers of ``channel``: stop reporting it."""

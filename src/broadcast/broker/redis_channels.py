@@ -308,6 +308,8 @@ class RedisChannels:
         self._wake.set()
 
     def watch(self, channel: str) -> None:
+        if channel in self._watched:
+            return
         # Read once the subscription is confirmed: no change after it can then be missed.
         self._watched[channel] = 0
         self._to_subscribe.add(channel)
