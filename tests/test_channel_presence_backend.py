@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 
 from broadcast.broker import PresenceBackend, create_backends
 from broadcast.broker.memory import MemoryPresence
-from broadcast.broker.redis_channels import CHANGED_PREFIX, CHANNELS_PREFIX, FLUSH_SECONDS
+from broadcast.broker.redis_channels import CHANNELS_PREFIX, FLUSH_SECONDS
 from broadcast.settings import Settings
 from broadcast.supervisor import Supervisor
 from tests.support import RedisServer, until
@@ -99,7 +100,7 @@ async def test_counts_are_summed_and_watchers_told_promptly(
     two = await make_node(ttl=30, heartbeat=10)
     one.presence.watch("post:1")
     two.presence.watch("post:1")
-    await eventually(lambda: _subscribers(client, "post:1", want=[2]), 2, "both watching")
+    await eventually(lambda: _watchers(client, "post:1", want=[2]), 2, "both watching")
     one.presence.channel_changed("post:1", 3, {})
     two.presence.channel_changed("post:1", 4, {"alice": 1})
     await until(lambda: one.remote.get("post:1") == 4, 1, "node one to hear of node two")
@@ -117,31 +118,50 @@ async def test_counts_are_summed_and_watchers_told_promptly(
 async def test_only_watchers_hear_of_a_channel(make_node: MakeNode, client: aioredis.Redis) -> None:
     one = await make_node()
     two = await make_node()
-    one.presence.watch("a")
-    two.presence.watch("a")
-    two.presence.watch("b")
-    await eventually(
-        lambda: _subscribers(client, "a", "b", "c", want=[2, 1, 0]), 2, "the subscriptions"
-    )
-    one.presence.channel_changed("b", 2, {})
-    one.presence.channel_changed("c", 5, {})
-    await until(lambda: two.remote.get("b") == 2, 1, "node two to hear of b")
-    assert "b" not in one.remote, "unwatched: never reported"
-    assert "c" not in two.remote, "unwatched: never reported"
+    heard: list[tuple[str, set[str]]] = []  # (node, channels) of every notification sent
+    async with client.pubsub() as spy:
+        await spy.subscribe(*(CHANNELS_PREFIX + "notify:" + n.node_id for n in (one, two)))
+        listening = asyncio.create_task(
+            _spy_on(spy, {one.node_id: "one", two.node_id: "two"}, heard)
+        )
+        one.presence.watch("a")
+        two.presence.watch("a")
+        two.presence.watch("b")
+        await eventually(lambda: _watchers(client, "a", "b", "c", want=[2, 1, 0]), 2, "watches")
+        one.presence.channel_changed("b", 2, {})
+        one.presence.channel_changed("c", 5, {})
+        two.presence.channel_changed("a", 1, {})
+        await until(lambda: two.remote.get("b") == 2, 1, "node two to hear of b")
+        await until(lambda: one.remote.get("a") == 1, 1, "node one to hear of a")
+        assert "b" not in one.remote, "unwatched: never reported"
+        assert "c" not in two.remote, "unwatched: never reported"
+        # One message each, to the one node that watches what changed, never to its author.
+        assert sorted(heard) == [("one", {"a"}), ("two", {"b"})]
 
-    two.presence.unwatch("b")
-    await eventually(lambda: _subscribers(client, "a", "b", want=[2, 0]), 2, "unsubscribed")
-    one.presence.channel_changed("b", 3, {})
-    await eventually(lambda: _total(two, "b", 3), 1, "the total, asked")
-    assert two.remote["b"] == 2, "no longer reported once unwatched"
+        two.presence.unwatch("b")
+        await eventually(lambda: _watchers(client, "a", "b", want=[2, 0]), 2, "unwatched")
+        one.presence.channel_changed("b", 3, {})
+        await eventually(lambda: _total(two, "b", 3), 1, "the total, asked")
+        assert two.remote["b"] == 2, "no longer reported once unwatched"
+        assert len(heard) == 2, "nobody watches b now: nobody is told"
+        listening.cancel()
 
     two.presence.watch("b")  # watched again: starts from 0, and is told the count at once
     await until(lambda: two.reports[-1] == ("b", 3), 1, "the count on watching again")
 
 
-async def _subscribers(client: aioredis.Redis, *channels: str, want: list[int]) -> bool:
-    numbers = await client.pubsub_numsub(*(CHANGED_PREFIX + channel for channel in channels))
-    return [count for _, count in numbers] == want
+async def _spy_on(spy: PubSub, names: dict[str, str], heard: list[tuple[str, set[str]]]) -> None:
+    prefix = len(CHANNELS_PREFIX + "notify:")
+    async for message in spy.listen():
+        if message["type"] == "message":
+            node = names[message["channel"].decode()[prefix:]]
+            heard.append((node, set(message["data"].decode().split("\n"))))
+
+
+async def _watchers(client: aioredis.Redis, *channels: str, want: list[int]) -> bool:
+    """Whether ``channels`` have ``want`` watching nodes each, as Redis knows them."""
+    counts = [await client.scard(CHANNELS_PREFIX + "watchers:" + channel) for channel in channels]
+    return counts == want
 
 
 async def _total(node: Node, channel: str, count: int) -> bool:
@@ -213,7 +233,7 @@ async def test_a_node_that_stops_cleanly_vanishes_at_once(
     one = await make_node(ttl=30, heartbeat=10)
     two = await make_node(ttl=30, heartbeat=10)
     one.presence.watch("room")
-    await eventually(lambda: _subscribers(client, "room", want=[1]), 2, "node one watching")
+    await eventually(lambda: _watchers(client, "room", want=[1]), 2, "node one watching")
     two.presence.channel_changed("room", 4, {"amy": 1})
     two.presence.channel_changed("only-two", 2, {})
     await until(lambda: one.remote.get("room") == 4, 1, "node two's share")
@@ -222,7 +242,12 @@ async def test_a_node_that_stops_cleanly_vanishes_at_once(
     assert await one.presence.channel("room") == (0, [])
     assert await one.presence.channels("", None, 10) == []
     leftovers = {key.decode() async for key in client.scan_iter(CHANNELS_PREFIX + "*")}
-    assert leftovers == {CHANNELS_PREFIX + "alive:" + one.node_id, CHANNELS_PREFIX + "nodes"}
+    assert leftovers == {  # nothing of node two's; node one still watches room
+        CHANNELS_PREFIX + "alive:" + one.node_id,
+        CHANNELS_PREFIX + "nodes",
+        CHANNELS_PREFIX + "watching:" + one.node_id,
+        CHANNELS_PREFIX + "watchers:room",
+    }
     assert await client.smembers(CHANNELS_PREFIX + "nodes") == {one.node_id.encode()}
 
 
@@ -277,7 +302,7 @@ async def test_a_storm_costs_few_round_trips_and_ends_exact(
     for channel in channels:
         two.presence.watch(channel)
     await eventually(
-        lambda: _subscribers(client, channels[0], channels[-1], want=[1, 1]), 2, "watching"
+        lambda: _watchers(client, channels[0], channels[-1], want=[1, 1]), 2, "watching"
     )
     await client.config_resetstat()
     # 5,000 joins over 500 channels, ten at a time every millisecond, as connections arrive.

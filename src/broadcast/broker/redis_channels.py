@@ -1,32 +1,37 @@
 """Redis channel presence: every channel's subscribers and named users, shared by every node.
 
 The layout (all under ``broadcast:channels:``), each piece sized for one question:
-- ``count:<channel>``, a hash node -> this node's subscribers: a channel's total and a watched
+- ``count:<channel>``, a hash node -> that node's subscribers: a channel's total and a watched
   channel's remote count cost O(nodes), never O(channels). ``users:<channel>``, a hash node ->
   the JSON list of its named users there, read only by ``channel()``.
 - ``active``, a sorted set (all scores 0) of the channels with a share on some node: listing is
   ``ZRANGEBYLEX`` from a cursor. A channel is in it exactly while its ``count:`` hash exists.
-- ``node:<node>``, the set of channels a node has a share in (what to remove when it goes);
-  ``alive:<node>``, a key with the node's TTL, refreshed by its heartbeat; ``nodes``, the nodes.
-- ``changed:<channel>``, a pub/sub channel: a write that changes a node's count there publishes
-  the node's id on it. A node subscribes only to the channels it watches (its clients use), so a
-  change reaches exactly the nodes that care; a quiet or unwatched channel costs nothing.
+- ``watchers:<channel>``, the nodes that watch it (have local subscribers); ``watching:<node>``
+  and ``node:<node>``, the channels a node watches and has a share in (what to remove when it
+  goes); ``alive:<node>``, a key with the node's TTL, refreshed by its heartbeat; ``nodes``.
+- ``notify:<node>``, a pub/sub channel per node: each write sends every *other* node that watches
+  a channel whose count it changed one message listing those channels.
 
 Deliberate choices:
-- Notifications carry no numbers: a watcher marks the channel dirty and re-reads it from Redis
-  (batched). A read always sees the truth, and any later write notifies again, so the count is
-  exact at rest whatever the order in which messages and replies arrive. A subscription is
-  confirmed before the channel is read, so nothing between the two is missed.
-- Batched both ways: ``channel_changed`` only notes the channel; one loop writes everything noted
-  at most every ``flush_seconds`` (leading edge: the first change after a quiet spell goes at
-  once), in one Lua call per 500 channels, and re-reads every dirty watched channel the same
-  way. A storm over 500 channels costs each node a few calls per pass, not one per join.
-- Every write also refreshes ``alive:`` (``SET ... GET``): finding it gone means this node was
-  taken for dead (a stall or an outage longer than the TTL) and maybe removed, so it writes all
-  its shares again. Reads count only nodes whose ``alive:`` exists, so a dead node drops out of
-  every total at its TTL; at their next heartbeat the live nodes remove its shares (in bounded
-  steps) and notify the watchers. ``stop()`` removes this node's shares at once.
-- Named users: the node's sorted list is written only when it differs from the last written
+- One notification channel per node, not one per channel: a node holding 100,000 channels makes
+  no 100,000 subscriptions, and hears neither of its own changes nor of channels it does not
+  watch. A storm over 500 channels costs a watcher one message per write, not 500.
+- Notifications carry no numbers: a watcher marks the channels dirty and re-reads them from
+  Redis (batched). A read always sees the truth, and any later write notifies again, so the
+  count is exact at rest whatever the order messages and replies arrive in. A channel is read
+  after its watch is registered, and all are read again whenever the subscription (re)starts.
+- Batched: ``channel_changed``, ``watch`` and ``unwatch`` only note the channel; one loop writes
+  what was noted at most every ``flush_seconds`` (leading edge: the first change after a quiet
+  spell goes at once), 500 channels per Lua call, then re-reads the dirty watched channels the
+  same way. A pass makes a bounded number of calls, so a backlog of 100,000 channels never
+  delays the heartbeat or the reads for long.
+- Every write refreshes ``alive:`` (``SET ... GET``): finding it gone means this node was taken
+  for dead (a stall or an outage past the TTL, or Redis lost its data) and maybe removed, so it
+  writes all its shares and watches again (as after every reconnection). Reads count only nodes
+  whose ``alive:`` exists, so a dead node drops out of every total at its TTL; at their next
+  heartbeat the live nodes remove its shares (in bounded steps) and notify the watchers.
+  ``stop()`` removes this node's shares at once.
+- Named users: a node's sorted list is written only when it differs from the last written
   (compared by hash), so anonymous churn never rewrites a big list.
 - Scripts compute key names, as the rest of the Redis backend assumes one Redis (not a Redis
   Cluster). ``SET ... GET`` needs Redis 6.2 or later.
@@ -41,7 +46,6 @@ from collections.abc import Mapping
 
 import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.client import PubSub
 
 from broadcast.broker.base import BrokerUnavailable, RemoteChannelCallback
 from broadcast.broker.redis_link import (
@@ -57,14 +61,14 @@ from broadcast.supervisor import Supervisor
 logger = logging.getLogger(__name__)
 
 CHANNELS_PREFIX = PREFIX + "channels:"
-CHANGED_PREFIX = CHANNELS_PREFIX + "changed:"
-HELLO_CHANNEL = CHANNELS_PREFIX + "hello"
-"""Never published to: keeps the subscription open while no channel is watched."""
+NOTIFY_PREFIX = CHANNELS_PREFIX + "notify:"
 
 FLUSH_SECONDS = 0.01
-"""At most one pass (writes, then reads) per this many seconds under a storm."""
+"""At most one pass (writes, then reads) per this many seconds while changes keep coming."""
 BATCH = 500
 """Channels per Lua call (writes, reads), so no call blocks Redis for long."""
+CALLS_PER_PASS = 4
+"""Write calls, and read calls, per pass at most: the rest waits for the next pass."""
 DROP_BUDGET = 1000
 """Channels of a departed node removed per Lua call."""
 SCAN = 200
@@ -90,68 +94,102 @@ local function total(channel, leave_out)
   end
   return sum
 end
--- Remove up to ``budget`` of ``node``'s shares, telling their watchers; forget the node once it
--- has none left. How many were removed.
+-- Note ``channel`` for each of its watchers but ``author``; ``send`` tells each its list.
+local function note(notes, channel, author)
+  for _, watcher in ipairs(redis.call('SMEMBERS', P .. 'watchers:' .. channel)) do
+    if watcher ~= author then
+      local list = notes[watcher]
+      if list == nil then list = {{}}; notes[watcher] = list end
+      list[#list + 1] = channel
+    end
+  end
+end
+local function send(notes)
+  for watcher, list in pairs(notes) do
+    redis.call('PUBLISH', P .. 'notify:' .. watcher, table.concat(list, '\\n'))
+  end
+end
+-- Remove up to ``budget`` of ``node``'s shares (telling their watchers) and watches; forget the
+-- node once it has none left. True if some remain.
 local function drop(node, budget)
-  local mine = P .. 'node:' .. node
-  local channels = redis.call('SPOP', mine, budget)
-  for _, channel in ipairs(channels) do
+  local notes = {{}}
+  local shares = redis.call('SPOP', P .. 'node:' .. node, budget)
+  for _, channel in ipairs(shares) do
     local counts = P .. 'count:' .. channel
     redis.call('HDEL', counts, node)
     redis.call('HDEL', P .. 'users:' .. channel, node)
     if redis.call('EXISTS', counts) == 0 then redis.call('ZREM', P .. 'active', channel) end
-    redis.call('PUBLISH', P .. 'changed:' .. channel, node)
+    note(notes, channel, node)
   end
-  if redis.call('EXISTS', mine) == 0 then redis.call('SREM', P .. 'nodes', node) end
-  return #channels
+  send(notes)
+  if #shares < budget then
+    local watched = redis.call('SPOP', P .. 'watching:' .. node, budget - #shares)
+    for _, channel in ipairs(watched) do redis.call('SREM', P .. 'watchers:' .. channel, node) end
+  end
+  if redis.call('EXISTS', P .. 'node:' .. node, P .. 'watching:' .. node) > 0 then return true end
+  redis.call('SREM', P .. 'nodes', node)
+  return false
 end
 """
 
-# ARGV[1]: this node, ARGV[2]: its TTL (ms), then (channel, count, users) triples; users is the
-# JSON list of named users, '' for none, '=' for as last written. Returns 1 when ``alive:`` was
-# gone (this node was taken for dead: it must write all its shares again).
+# ARGV[1]: this node, ARGV[2]: its TTL (ms), ARGV[3]: the shares, a JSON list of [channel,
+# count, users] (users: the JSON list of named users, '' for none, '=' for as last written),
+# ARGV[4]: the watches, a JSON list of [channel, 1 to watch or 0 to stop]. (JSON, not one
+# argument per value: redis-py packs 1,500 arguments slowly.) Returns 1 when ``alive:`` was
+# gone: this node was taken for dead, and must write all its shares and watches again.
+# A share's ``count:`` field, its ``node:`` and ``active`` entries come and go together: a node
+# that already had a share there skips the last two.
 _WRITE = (
     _HELPERS
     + """
 local node = ARGV[1]
 local fresh = not redis.call('SET', P .. 'alive:' .. node, '1', 'PX', ARGV[2], 'GET')
 redis.call('SADD', P .. 'nodes', node)
-local mine = P .. 'node:' .. node
-for i = 3, #ARGV, 3 do
-  local channel, count, users = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+local mine, notes = P .. 'node:' .. node, {}
+for _, share in ipairs(cjson.decode(ARGV[3])) do
+  local channel, count, users = share[1], share[2], share[3]
   local counts, named = P .. 'count:' .. channel, P .. 'users:' .. channel
   local before = tonumber(redis.call('HGET', counts, node) or '0')
   if count > 0 then
     redis.call('HSET', counts, node, count)
-    redis.call('SADD', mine, channel)
-    redis.call('ZADD', P .. 'active', 0, channel)
-  else
+    if before == 0 then
+      redis.call('SADD', mine, channel)
+      redis.call('ZADD', P .. 'active', 0, channel)
+    end
+    if users == '' then
+      redis.call('HDEL', named, node)
+    elseif users ~= '=' then
+      redis.call('HSET', named, node, users)
+    end
+  elseif before > 0 then
     redis.call('HDEL', counts, node)
+    redis.call('HDEL', named, node)
     redis.call('SREM', mine, channel)
     if redis.call('EXISTS', counts) == 0 then redis.call('ZREM', P .. 'active', channel) end
   end
-  if count == 0 or users == '' then
-    redis.call('HDEL', named, node)
-  elseif users ~= '=' then
-    redis.call('HSET', named, node, users)
-  end
-  if count ~= before then redis.call('PUBLISH', P .. 'changed:' .. channel, node) end
+  if count ~= before then note(notes, channel, node) end
 end
+for _, op in ipairs(cjson.decode(ARGV[4])) do
+  if op[2] == 1 then
+    redis.call('SADD', P .. 'watchers:' .. op[1], node)
+    redis.call('SADD', P .. 'watching:' .. node, op[1])
+  else
+    redis.call('SREM', P .. 'watchers:' .. op[1], node)
+    redis.call('SREM', P .. 'watching:' .. node, op[1])
+  end
+end
+send(notes)
 if fresh then return 1 end
 return 0
 """
 )
 
-# ARGV[1]: a budget. Removes the shares of nodes whose ``alive:`` is gone; 1 if some remain.
+# ARGV[1]: a budget. Removes what nodes whose ``alive:`` is gone left; 1 if some remains.
 _REAP = (
     _HELPERS
     + """
-local budget = tonumber(ARGV[1])
 for _, node in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
-  if not live(node) then
-    budget = budget - drop(node, budget)
-    if budget <= 0 then return 1 end
-  end
+  if not live(node) and drop(node, tonumber(ARGV[1])) then return 1 end
 end
 return 0
 """
@@ -162,19 +200,19 @@ _LEAVE = (
     _HELPERS
     + """
 redis.call('DEL', P .. 'alive:' .. ARGV[1])
-local budget = tonumber(ARGV[2])
-if drop(ARGV[1], budget) < budget then return 0 end
-return redis.call('EXISTS', P .. 'node:' .. ARGV[1])
+if drop(ARGV[1], tonumber(ARGV[2])) then return 1 end
+return 0
 """
 )
 
-# ARGV[1]: the node to leave out ('' for none), then channels: each one's count.
+# ARGV[1]: the node to leave out ('' for none), ARGV[2]: a JSON list of channels. Each one's
+# count, as a JSON list (cheaper for redis-py to read than one reply per channel).
 _TOTALS = (
     _HELPERS
     + """
 local counts = {}
-for i = 2, #ARGV do counts[#counts + 1] = total(ARGV[i], ARGV[1]) end
-return counts
+for _, channel in ipairs(cjson.decode(ARGV[2])) do counts[#counts + 1] = total(channel, ARGV[1]) end
+return cjson.encode(counts)
 """
 )
 
@@ -230,7 +268,6 @@ class RedisChannels:
     ) -> None:
         self._redis = client
         self._node = node_id
-        self._node_bytes = node_id.encode()
         self._ttl_ms = ttl_ms
         self._heartbeat = heartbeat_seconds
         self._flush_seconds = flush_seconds
@@ -247,21 +284,25 @@ class RedisChannels:
         self._on_remote_channel: RemoteChannelCallback | None = None
         self._supervisor: Supervisor | None = None
         self._wake = asyncio.Event()
-        # This node's shares as last told (what a rewrite writes again).
+        # This node's shares as last told (what is written again after a reconnection).
         self._counts: dict[str, int] = {}
         self._users: dict[str, Mapping[str, int]] = {}
         self._users_written: dict[str, int] = {}
-        """The hash of the JSON list last written per channel with named users."""
+        """The hash of the JSON list last written, per channel with named users."""
         self._pending: set[str] = set()
         """Channels whose share changed since it was last written."""
-        self._rewrite_all = True
-        self._reap_more = False
-        # The channels watched, with the remote count last reported; the ones to re-read.
+        self._full: set[str] = set()
+        """Channels whose named users must be written in full (or deleted), whatever was last
+        written: after a reconnection Redis may hold anything."""
         self._watched: dict[str, int] = {}
+        """The channels watched, with the remote count last reported."""
+        self._watch_ops: dict[str, bool] = {}
+        """Watches (True) and unwatches (False) not written yet."""
         self._dirty: set[str] = set()
-        self._to_subscribe: set[str] = set()
-        self._to_unsubscribe: set[str] = set()
-        self._subscriptions_changed = asyncio.Event()
+        """Watched channels to read again."""
+        self._reap_more = False
+        self._registered = False
+        """Whether a write went through already (``alive:`` is then expected to exist)."""
 
     @property
     def unavailable_reason(self) -> str | None:
@@ -308,21 +349,16 @@ class RedisChannels:
         self._wake.set()
 
     def watch(self, channel: str) -> None:
-        if channel in self._watched:
-            return
-        # Read once the subscription is confirmed: no change after it can then be missed.
-        self._watched[channel] = 0
-        self._to_subscribe.add(channel)
-        self._to_unsubscribe.discard(channel)
-        self._subscriptions_changed.set()
+        if channel not in self._watched:
+            self._watched[channel] = 0
+            self._watch_ops[channel] = True  # read once written (`_write`): nothing is missed
+            self._wake.set()
 
     def unwatch(self, channel: str) -> None:
-        if self._watched.pop(channel, None) is None:
-            return
-        self._to_subscribe.discard(channel)
-        self._to_unsubscribe.add(channel)
-        self._dirty.discard(channel)
-        self._subscriptions_changed.set()
+        if self._watched.pop(channel, None) is not None:
+            self._watch_ops[channel] = False
+            self._dirty.discard(channel)
+            self._wake.set()
 
     async def channels(self, prefix: str, after: str | None, limit: int) -> list[tuple[str, int]]:
         # Channel names are ASCII: every name with the prefix sorts before prefix + b"\xff".
@@ -355,10 +391,11 @@ class RedisChannels:
         return int(total), sorted(names)
 
     async def _sync_forever(self) -> None:
-        # One pass: write what changed (or everything, after a (re)connection), refresh this
-        # node's TTL and remove departed nodes at each heartbeat, re-read the dirty watched
-        # channels. Then wait for more, but at most one pass per `flush_seconds`.
-        self._rewrite_all = True
+        # One pass: write what changed, refresh this node's TTL and remove departed nodes at each
+        # heartbeat, re-read the dirty watched channels. Then wait for more, but at most one pass
+        # per `flush_seconds`. A (re)connection first notes everything again: Redis may have lost
+        # it, or a write may have failed halfway.
+        self._share_all()
         loop = asyncio.get_running_loop()
         next_heartbeat = loop.time()
         while True:
@@ -371,112 +408,108 @@ class RedisChannels:
             await self._write(heartbeat)
             if heartbeat or self._reap_more:
                 self._reap_more = await self._reap_script(args=[DROP_BUDGET]) == 1
-                if self._reap_more:
-                    self._wake.set()
             await self._read()
             self._health.ok()
             self._sync_backoff.reset()
             raise_if_cancelling()
+            if self._pending or self._watch_ops or self._dirty or self._reap_more:
+                self._wake.set()  # more than one pass's worth
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, next_heartbeat - loop.time()))
             await asyncio.sleep(max(0.0, started + self._flush_seconds - loop.time()))
 
-    async def _write(self, heartbeat: bool) -> None:
-        rewrite, self._rewrite_all = self._rewrite_all, False
-        names = list(self._pending | self._counts.keys() if rewrite else self._pending)
-        self._pending = set()
-        if not names and not heartbeat and not rewrite:
-            return
-        try:
-            for start in range(0, max(len(names), 1), BATCH):
-                args: list[str | int | bytes] = [self._node, self._ttl_ms]
-                for channel in names[start : start + BATCH]:
-                    count = self._counts.get(channel, 0)
-                    args += (channel, count, self._users_arg(channel, count, rewrite))
-                fresh = await self._write_script(args=args)
-                if fresh == 1 and not (rewrite and start == 0):
-                    logger.warning("channel presence: this node was taken for dead; sharing again")
-                    self._rewrite_all = True
-                    self._wake.set()
-        except BaseException:
-            # A rewrite follows a reconnection; only the channels that went to 0 need noting
-            # again, but noting them all is harmless.
-            self._pending.update(names)
-            raise
+    def _share_all(self) -> None:
+        """Note every share and watch for writing again (the named users in full)."""
+        self._pending.update(self._counts)
+        self._full.update(self._counts)
+        self._users_written.clear()
+        self._watch_ops.update(dict.fromkeys(self._watched, True))
 
-    def _users_arg(self, channel: str, count: int, rewrite: bool) -> bytes:
-        users = self._users.get(channel) if count > 0 else None
-        if not users:
-            self._users_written.pop(channel, None)
-            return b""
-        encoded = orjson.dumps(sorted(name for name, connections in users.items() if connections))
+    async def _write(self, heartbeat: bool) -> None:
+        # What was noted by now, in as few calls as it takes (up to a bound); what comes while
+        # they run waits for the next pass, batched with whatever else comes.
+        noted = len(self._pending) + len(self._watch_ops)
+        calls = min(CALLS_PER_PASS, -(-noted // BATCH))
+        for _ in range(max(calls, 1) if heartbeat else calls):
+            shares = [self._pending.pop() for _ in range(min(BATCH, len(self._pending)))]
+            room = min(BATCH - len(shares), len(self._watch_ops))
+            ops = [self._watch_ops.popitem() for _ in range(room)]
+            encoded_shares = orjson.dumps(
+                [
+                    (channel, self._counts.get(channel, 0), self._users_arg(channel))
+                    for channel in shares
+                ]
+            )
+            encoded_ops = orjson.dumps([(channel, int(watch)) for channel, watch in ops])
+            try:
+                fresh = await self._write_script(
+                    args=[self._node, self._ttl_ms, encoded_shares, encoded_ops]
+                )
+            except BaseException:
+                self._pending.update(shares)
+                for channel, watch in ops:
+                    self._watch_ops.setdefault(channel, watch)
+                raise
+            self._dirty.update(channel for channel, watch in ops if watch)
+            if fresh == 1:
+                if self._registered:
+                    logger.warning(
+                        "channel presence: this node's shares were gone from redis (taken for "
+                        "dead after a stall or an outage, or redis lost its data); sharing again"
+                    )
+                self._share_all()
+            self._registered = True
+
+    def _users_arg(self, channel: str) -> str:
+        """The share's named users as the write script takes them: their JSON list, '' for none,
+        '=' for as last written (most changes are anonymous: nothing to send, or to delete)."""
+        users = self._users.get(channel) if channel in self._counts else None
+        full = channel in self._full
+        if full:
+            self._full.discard(channel)
+        names = sorted(name for name, connections in users.items() if connections) if users else []
+        if not names:
+            if self._users_written.pop(channel, None) is None and not full:
+                return "="
+            return ""
+        encoded = orjson.dumps(names).decode()
         digest = hash(encoded)
-        if not rewrite and self._users_written.get(channel) == digest:
-            return b"="
+        if self._users_written.get(channel) == digest and not full:
+            return "="
+        # Noted before the write succeeds: a failed write is followed by `_share_all`.
         self._users_written[channel] = digest
         return encoded
 
     async def _read(self) -> None:
-        names = [channel for channel in self._dirty if channel in self._watched]
-        self._dirty = set()
-        try:
-            for start in range(0, len(names), BATCH):
-                chunk = names[start : start + BATCH]
-                remotes = await self._totals_script(args=[self._node, *chunk])
-                for channel, remote in zip(chunk, remotes, strict=True):
-                    if channel in self._watched and self._watched[channel] != remote:
-                        self._watched[channel] = remote
-                        assert self._on_remote_channel is not None
-                        self._on_remote_channel(channel, remote)
-        except BaseException:
-            self._dirty.update(names)
-            raise
+        for _ in range(min(CALLS_PER_PASS, -(-len(self._dirty) // BATCH))):
+            chunk = [self._dirty.pop() for _ in range(min(BATCH, len(self._dirty)))]
+            chunk = [channel for channel in chunk if channel in self._watched]
+            if not chunk:
+                continue
+            try:
+                reply = await self._totals_script(args=[self._node, orjson.dumps(chunk)])
+                remotes = orjson.loads(reply)
+            except BaseException:
+                self._dirty.update(chunk)
+                raise
+            for channel, remote in zip(chunk, remotes, strict=True):
+                if channel in self._watched and self._watched[channel] != remote:
+                    self._watched[channel] = remote
+                    assert self._on_remote_channel is not None
+                    self._on_remote_channel(channel, remote)
 
     async def _listen(self) -> None:
         async with self._redis.pubsub() as pubsub:
-            await pubsub.subscribe(HELLO_CHANNEL)
+            await pubsub.subscribe(NOTIFY_PREFIX + self._node)
             self._listener_health.ok()
             self._listen_backoff.reset()
-            # A new connection: every watched channel again (each confirmed one is re-read).
-            self._to_subscribe = set(self._watched)
-            self._to_unsubscribe = set()
-            tasks = {
-                asyncio.create_task(self._receive(pubsub)),
-                asyncio.create_task(self._manage_subscriptions(pubsub)),
-            }
-            try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()  # its error (a lost connection) ends this attempt
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _receive(self, pubsub: PubSub) -> None:
-        prefix = CHANGED_PREFIX.encode()
-        async for message in pubsub.listen():
-            raise_if_cancelling()
-            kind = message["type"]
-            if kind not in ("message", "subscribe") or not message["channel"].startswith(prefix):
-                continue  # a pong, an unsubscription, the hello channel
-            if kind == "message" and message["data"] == self._node_bytes:
-                continue  # our own write: our remote count did not change
-            channel = message["channel"][len(prefix) :].decode()
-            if channel in self._watched:
-                self._dirty.add(channel)
+            async for message in pubsub.listen():
+                raise_if_cancelling()
+                if message["type"] == "subscribe":
+                    # (Re)subscribed: what was announced meanwhile is unknown, so read it all.
+                    self._dirty.update(self._watched)
+                elif message["type"] == "message":
+                    watched = self._watched
+                    changed = message["data"].decode().split("\n")
+                    self._dirty.update(channel for channel in changed if channel in watched)
                 self._wake.set()
-
-    async def _manage_subscriptions(self, pubsub: PubSub) -> None:
-        # Commands only: their confirmations come through `_receive`, which alone reads.
-        while True:
-            self._subscriptions_changed.clear()
-            wanted = [channel for channel in self._to_subscribe if channel in self._watched]
-            unwanted = [channel for channel in self._to_unsubscribe if channel not in self._watched]
-            self._to_subscribe, self._to_unsubscribe = set(), set()
-            for start in range(0, len(wanted), BATCH):
-                await pubsub.subscribe(*(CHANGED_PREFIX + c for c in wanted[start : start + BATCH]))
-            for start in range(0, len(unwanted), BATCH):
-                chunk = unwanted[start : start + BATCH]
-                await pubsub.unsubscribe(*(CHANGED_PREFIX + c for c in chunk))
-            await self._subscriptions_changed.wait()
