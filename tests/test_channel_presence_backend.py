@@ -15,7 +15,8 @@ from redis.asyncio.client import PubSub
 
 from broadcast.broker import PresenceBackend, create_backends
 from broadcast.broker.memory import MemoryPresence
-from broadcast.broker.redis_channels import CHANNELS_PREFIX, FLUSH_SECONDS
+from broadcast.broker.redis_channels import FLUSH_SECONDS
+from broadcast.broker.redis_channels_lua import CHANNELS_PREFIX
 from broadcast.settings import Settings
 from broadcast.supervisor import Supervisor
 from tests.support import RedisServer, until

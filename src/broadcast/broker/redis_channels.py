@@ -33,8 +33,8 @@ Deliberate choices:
   ``stop()`` removes this node's shares at once.
 - Named users: a node's sorted list is written only when it differs from the last written
   (compared by hash), so anonymous churn never rewrites a big list.
-- Scripts compute key names, as the rest of the Redis backend assumes one Redis (not a Redis
-  Cluster). ``SET ... GET`` needs Redis 6.2 or later.
+- The scripts are ``redis_channels_lua.py``. They compute key names, as the rest of the Redis
+  backend assumes one Redis (not a Redis Cluster). ``SET ... GET`` needs Redis 6.2 or later.
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ from collections.abc import Mapping
 import orjson
 import redis.asyncio as aioredis
 
+from broadcast.broker import redis_channels_lua as lua
 from broadcast.broker.base import BrokerUnavailable, RemoteChannelCallback
 from broadcast.broker.redis_link import (
     CONNECTION_ERRORS,
-    PREFIX,
     Backoff,
     Health,
     raise_if_cancelling,
@@ -59,9 +59,6 @@ from broadcast.broker.redis_link import (
 from broadcast.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
-
-CHANNELS_PREFIX = PREFIX + "channels:"
-NOTIFY_PREFIX = CHANNELS_PREFIX + "notify:"
 
 FLUSH_SECONDS = 0.01
 """At most one pass (writes, then reads) per this many seconds while changes keep coming."""
@@ -73,184 +70,6 @@ DROP_BUDGET = 1000
 """Channels of a departed node removed per Lua call."""
 SCAN = 200
 """Active channel names looked at per Lua call when listing."""
-
-_HELPERS = f"""
-local P = '{CHANNELS_PREFIX}'
-local alive = {{}}
-local function live(node)
-  local known = alive[node]
-  if known == nil then
-    known = redis.call('EXISTS', P .. 'alive:' .. node) == 1
-    alive[node] = known
-  end
-  return known
-end
--- A channel's subscribers on the live nodes, but for ``leave_out``.
-local function total(channel, leave_out)
-  local flat = redis.call('HGETALL', P .. 'count:' .. channel)
-  local sum = 0
-  for i = 1, #flat, 2 do
-    if flat[i] ~= leave_out and live(flat[i]) then sum = sum + tonumber(flat[i + 1]) end
-  end
-  return sum
-end
--- Note ``channel`` for each of its watchers but ``author``; ``send`` tells each its list.
-local function note(notes, channel, author)
-  for _, watcher in ipairs(redis.call('SMEMBERS', P .. 'watchers:' .. channel)) do
-    if watcher ~= author then
-      local list = notes[watcher]
-      if list == nil then list = {{}}; notes[watcher] = list end
-      list[#list + 1] = channel
-    end
-  end
-end
-local function send(notes)
-  for watcher, list in pairs(notes) do
-    redis.call('PUBLISH', P .. 'notify:' .. watcher, table.concat(list, '\\n'))
-  end
-end
--- Remove up to ``budget`` of ``node``'s shares (telling their watchers) and watches; forget the
--- node once it has none left. True if some remain.
-local function drop(node, budget)
-  local notes = {{}}
-  local shares = redis.call('SPOP', P .. 'node:' .. node, budget)
-  for _, channel in ipairs(shares) do
-    local counts = P .. 'count:' .. channel
-    redis.call('HDEL', counts, node)
-    redis.call('HDEL', P .. 'users:' .. channel, node)
-    if redis.call('EXISTS', counts) == 0 then redis.call('ZREM', P .. 'active', channel) end
-    note(notes, channel, node)
-  end
-  send(notes)
-  if #shares < budget then
-    local watched = redis.call('SPOP', P .. 'watching:' .. node, budget - #shares)
-    for _, channel in ipairs(watched) do redis.call('SREM', P .. 'watchers:' .. channel, node) end
-  end
-  if redis.call('EXISTS', P .. 'node:' .. node, P .. 'watching:' .. node) > 0 then return true end
-  redis.call('SREM', P .. 'nodes', node)
-  return false
-end
-"""
-
-# ARGV[1]: this node, ARGV[2]: its TTL (ms), ARGV[3]: the shares, a JSON list of [channel,
-# count, users] (users: the JSON list of named users, '' for none, '=' for as last written),
-# ARGV[4]: the watches, a JSON list of [channel, 1 to watch or 0 to stop]. (JSON, not one
-# argument per value: redis-py packs 1,500 arguments slowly.) Returns 1 when ``alive:`` was
-# gone: this node was taken for dead, and must write all its shares and watches again.
-# A share's ``count:`` field, its ``node:`` and ``active`` entries come and go together: a node
-# that already had a share there skips the last two.
-_WRITE = (
-    _HELPERS
-    + """
-local node = ARGV[1]
-local fresh = not redis.call('SET', P .. 'alive:' .. node, '1', 'PX', ARGV[2], 'GET')
-redis.call('SADD', P .. 'nodes', node)
-local mine, notes = P .. 'node:' .. node, {}
-for _, share in ipairs(cjson.decode(ARGV[3])) do
-  local channel, count, users = share[1], share[2], share[3]
-  local counts, named = P .. 'count:' .. channel, P .. 'users:' .. channel
-  local before = tonumber(redis.call('HGET', counts, node) or '0')
-  if count > 0 then
-    redis.call('HSET', counts, node, count)
-    if before == 0 then
-      redis.call('SADD', mine, channel)
-      redis.call('ZADD', P .. 'active', 0, channel)
-    end
-    if users == '' then
-      redis.call('HDEL', named, node)
-    elseif users ~= '=' then
-      redis.call('HSET', named, node, users)
-    end
-  elseif before > 0 then
-    redis.call('HDEL', counts, node)
-    redis.call('HDEL', named, node)
-    redis.call('SREM', mine, channel)
-    if redis.call('EXISTS', counts) == 0 then redis.call('ZREM', P .. 'active', channel) end
-  end
-  if count ~= before then note(notes, channel, node) end
-end
-for _, op in ipairs(cjson.decode(ARGV[4])) do
-  if op[2] == 1 then
-    redis.call('SADD', P .. 'watchers:' .. op[1], node)
-    redis.call('SADD', P .. 'watching:' .. node, op[1])
-  else
-    redis.call('SREM', P .. 'watchers:' .. op[1], node)
-    redis.call('SREM', P .. 'watching:' .. node, op[1])
-  end
-end
-send(notes)
-if fresh then return 1 end
-return 0
-"""
-)
-
-# ARGV[1]: a budget. Removes what nodes whose ``alive:`` is gone left; 1 if some remains.
-_REAP = (
-    _HELPERS
-    + """
-for _, node in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
-  if not live(node) and drop(node, tonumber(ARGV[1])) then return 1 end
-end
-return 0
-"""
-)
-
-# ARGV[1]: this node, ARGV[2]: a budget. Its clean stop; 1 if some of its shares remain.
-_LEAVE = (
-    _HELPERS
-    + """
-redis.call('DEL', P .. 'alive:' .. ARGV[1])
-if drop(ARGV[1], tonumber(ARGV[2])) then return 1 end
-return 0
-"""
-)
-
-# ARGV[1]: the node to leave out ('' for none), ARGV[2]: a JSON list of channels. Each one's
-# count, as a JSON list (cheaper for redis-py to read than one reply per channel).
-_TOTALS = (
-    _HELPERS
-    + """
-local counts = {}
-for _, channel in ipairs(cjson.decode(ARGV[2])) do counts[#counts + 1] = total(channel, ARGV[1]) end
-return cjson.encode(counts)
-"""
-)
-
-# ARGV[1]: a channel. Its total, then the JSON lists of named users of the live nodes.
-_CHANNEL = (
-    _HELPERS
-    + """
-local reply = {total(ARGV[1], '')}
-local flat = redis.call('HGETALL', P .. 'users:' .. ARGV[1])
-for i = 1, #flat, 2 do
-  if live(flat[i]) then reply[#reply + 1] = flat[i + 1] end
-end
-return reply
-"""
-)
-
-# ARGV[1], ARGV[2]: ZRANGEBYLEX bounds, ARGV[3]: names to look at, ARGV[4]: active ones wanted.
-# Returns the last name looked at, '1' if more may follow, then (name, total) pairs. (A name
-# whose nodes all died but are not yet reaped has no live share, and is skipped.)
-_PAGE = (
-    _HELPERS
-    + """
-local names = redis.call('ZRANGEBYLEX', P .. 'active', ARGV[1], ARGV[2], 'LIMIT', 0, ARGV[3])
-local reply = {'', ''}
-local wanted = tonumber(ARGV[4])
-for _, name in ipairs(names) do
-  reply[1] = name
-  local count = total(name, '')
-  if count > 0 then
-    reply[#reply + 1] = name
-    reply[#reply + 1] = count
-    if #reply - 2 >= 2 * wanted then return reply end
-  end
-end
-if #names == tonumber(ARGV[3]) then reply[2] = '1' end
-return reply
-"""
-)
 
 
 class RedisChannels:
@@ -271,12 +90,12 @@ class RedisChannels:
         self._ttl_ms = ttl_ms
         self._heartbeat = heartbeat_seconds
         self._flush_seconds = flush_seconds
-        self._write_script = client.register_script(_WRITE)
-        self._reap_script = client.register_script(_REAP)
-        self._leave_script = client.register_script(_LEAVE)
-        self._totals_script = client.register_script(_TOTALS)
-        self._channel_script = client.register_script(_CHANNEL)
-        self._page_script = client.register_script(_PAGE)
+        self._write_script = client.register_script(lua.WRITE)
+        self._reap_script = client.register_script(lua.REAP)
+        self._leave_script = client.register_script(lua.LEAVE)
+        self._totals_script = client.register_script(lua.TOTALS)
+        self._channel_script = client.register_script(lua.CHANNEL)
+        self._page_script = client.register_script(lua.PAGE)
         self._health = Health("channel presence")
         self._listener_health = Health("channel presence notifications")
         self._sync_backoff = Backoff(reconnect_max_seconds)
@@ -500,7 +319,7 @@ class RedisChannels:
 
     async def _listen(self) -> None:
         async with self._redis.pubsub() as pubsub:
-            await pubsub.subscribe(NOTIFY_PREFIX + self._node)
+            await pubsub.subscribe(lua.NOTIFY_PREFIX + self._node)
             self._listener_health.ok()
             self._listen_backoff.reset()
             async for message in pubsub.listen():
