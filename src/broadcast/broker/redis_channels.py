@@ -43,9 +43,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from broadcast.broker import redis_channels_lua as lua
 from broadcast.broker.base import BrokerUnavailable, RemoteChannelCallback
@@ -186,28 +188,33 @@ class RedisChannels:
             low = b"(" + after.encode()
         high = b"[" + prefix.encode() + b"\xff" if prefix else b"+"
         page: list[tuple[str, int]] = []
-        try:
-            while len(page) < limit:
-                wanted = limit - len(page)
-                last, more, *pairs = await self._page_script(args=[low, high, SCAN, wanted])
-                for index in range(0, len(pairs), 2):
-                    page.append((pairs[index].decode(), int(pairs[index + 1])))
-                if more != b"1":
-                    break
-                low = b"(" + last
-        except CONNECTION_ERRORS as exc:
-            raise BrokerUnavailable(f"redis unreachable: {exc}") from exc
+        while len(page) < limit:
+            wanted = limit - len(page)
+            last, more, *pairs = await self._ask(self._page_script, low, high, SCAN, wanted)
+            for index in range(0, len(pairs), 2):
+                page.append((pairs[index].decode(), int(pairs[index + 1])))
+            if more != b"1":
+                break
+            low = b"(" + last
         return page[:limit]
 
     async def channel(self, channel: str) -> tuple[int, list[str]]:
-        try:
-            total, *lists = await self._channel_script(args=[channel])
-        except CONNECTION_ERRORS as exc:
-            raise BrokerUnavailable(f"redis unreachable: {exc}") from exc
+        total, *lists = await self._ask(self._channel_script, channel)
         names: set[str] = set()
         for encoded in lists:
             names.update(orjson.loads(encoded))
         return int(total), sorted(names)
+
+    async def _ask(self, script: AsyncScript, *args: str | int | bytes) -> Any:
+        """Run a read-only script, once more if the connection fails: a pooled connection left
+        idle across a Redis restart fails on its first use, and the retry takes a fresh one."""
+        try:
+            try:
+                return await script(args=args)
+            except CONNECTION_ERRORS:
+                return await script(args=args)
+        except CONNECTION_ERRORS as exc:
+            raise BrokerUnavailable(f"redis unreachable: {exc}") from exc
 
     async def _sync_forever(self) -> None:
         # One pass: write what changed, refresh this node's TTL and remove departed nodes at each
