@@ -29,6 +29,7 @@ from broadcast.api import create_api_router
 from broadcast.broker import Broker, create_backends
 from broadcast.channel_presence import ChannelPresence
 from broadcast.channels import ChannelPolicy
+from broadcast.channels_api import create_channels_router
 from broadcast.eviction import SHUTTING_DOWN
 from broadcast.identity import Identity
 from broadcast.limits import AddressLimit
@@ -158,7 +159,7 @@ def create_app(settings: Settings) -> BroadcastApp:
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await broker.start(supervisor)
-        await presence.start(supervisor)
+        await presence.start(supervisor, channel_presence.remote_changed)
         await socketio_transport.start(supervisor)
         await sse_transport.start(supervisor)
         supervisor.start("send-watchdog", watchdog.run)
@@ -255,6 +256,7 @@ def create_app(settings: Settings) -> BroadcastApp:
                 broker, presence, channel_presence, supervisor, urlsplit(settings.broker_url).scheme
             ),
             create_publish_router(settings, broker, tokens),
+            create_channels_router(presence_backend, tokens),
             sse_transport.route_handler(),
             socketio_transport.route_handler(),
         ],
