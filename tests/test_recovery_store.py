@@ -107,7 +107,7 @@ async def test_memory_sessions_expire_at_the_end_of_the_window() -> None:
     store.keep(kept)
     await until(lambda: store.kept == 0, 5, "the session to expire")
     elapsed = time.monotonic() - started
-    assert window <= elapsed < window + 0.2, elapsed
+    assert window <= elapsed < window + 0.5, elapsed  # never early; late only by the loop
     assert await store.take(kept.pid) is None
 
     # Taken in time: its timer is cancelled, and keeping it again starts a new window.
