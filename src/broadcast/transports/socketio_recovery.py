@@ -144,9 +144,7 @@ class Recovery:
         not among them), before its CONNECT ack."""
         probe = restoring.probe
         since = str(probe.replayed_to) if probe.replayed_to is not None else restoring.offset
-        more = await missed_since(
-            self._sessions.broker, since, self._budget, list(client.channels)
-        )
+        more = await missed_since(self._sessions.broker, since, self._budget, list(client.channels))
         eio_sid = client.eio_sid
         if more.gap is not None:  # trimmed in the meantime: not a recovery after all
             client.pid = new_pid()
@@ -179,9 +177,7 @@ class Recovery:
             del self.live[client.pid]
         if reason in self.recoverable and client.evicted is None:
             self._store.keep(
-                KeptSession(
-                    sid, client.pid, client.username, _grant_items(client), tuple(channels)
-                )
+                KeptSession.of(sid, client.pid, client.username, client.grant, channels)
             )
 
     def keep_all(self, clients: dict[str, SocketIOClient]) -> None:
@@ -190,20 +186,8 @@ class Recovery:
         for sid, client in clients.items():
             if client.pid is not None and client.evicted is None:
                 self._store.keep(
-                    KeptSession(
-                        sid,
-                        client.pid,
-                        client.username,
-                        _grant_items(client),
-                        tuple(client.channels),
-                    )
+                    KeptSession.of(sid, client.pid, client.username, client.grant, client.channels)
                 )
 
     def forget(self, eio_sid: str) -> None:
         self.restoring.pop(eio_sid, None)
-
-
-def _grant_items(client: SocketIOClient) -> tuple[str, ...]:
-    """A client's grant as patterns (a name is a pattern that matches itself: names hold no
-    glob characters)."""
-    return (*sorted(client.grant.names), *client.grant.patterns)
