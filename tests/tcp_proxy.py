@@ -123,7 +123,8 @@ class TcpProxy:
 
 def address(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
-    assert parts.hostname is not None and parts.port is not None, url
+    assert parts.hostname is not None, url
+    assert parts.port is not None, url
     return parts.hostname, parts.port
 
 

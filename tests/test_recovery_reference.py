@@ -84,7 +84,8 @@ async def test_reference_refuses_a_claim_while_the_old_socket_lives(reference: R
             assert await subscribers(reference.url) == 1, "the server has not noticed"
             await client.command("connect")
             again = await client.connection(mark)
-            assert again["recovered"] is False and again["id"] != first["id"]
+            assert again["recovered"] is False
+            assert again["id"] != first["id"]
 
 
 async def test_reference_refuses_after_a_deliberate_disconnect(reference: Reference) -> None:

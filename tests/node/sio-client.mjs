@@ -15,6 +15,7 @@
 //      connect           socket.connect()
 //      forge-pid <x>     socket._pid = x (sent in the next CONNECT)
 //      forge-offset <y>  socket._lastOffset = y
+//      set-auth <json>   socket.auth = the object (sent in the next CONNECT)
 //      state             prints the state line
 //      exit              closes the socket and ends the process
 import { createInterface } from "node:readline";
@@ -56,6 +57,9 @@ const commands = {
   },
   "forge-offset": (value) => {
     socket._lastOffset = value;
+  },
+  "set-auth": (value) => {
+    socket.auth = JSON.parse(value);
   },
   state: () => say({ t: "state", ...state() }),
   exit: () => {
