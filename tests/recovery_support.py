@@ -23,6 +23,7 @@ import pytest
 
 from tests.node_sio import Line, NodeSio, node_sio
 from tests.support import PROJECT_ROOT, RedisServer, answers_health, wait_until
+from tests.tcp_proxy import tcp_proxy
 
 TOKEN = "recovery-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -192,6 +193,22 @@ async def recovers_with_automatic_reconnection(url: str) -> None:
         ids.append(await publish(url, 6, CHANNEL))
         await client.event("news", [6, ids[-1]])
         assert client.events("news") == [[n, event_id] for n, event_id in enumerate(ids)]
+
+
+async def recovers_after_a_dropped_link(url: str) -> None:
+    """The link goes silent (``blackhole``: nothing passes, both sockets stay open); both sides
+    find out by their pings (the server's must be short), the client reconnects: recovered."""
+    async with tcp_proxy(url) as proxy:
+        options = {"auth": {"channels": [CHANNEL]}, "reconnection": False}
+        async with node_sio(proxy.url, transports=["websocket"], **options) as client:
+            first, _ = await connected_with_one_event(client, url)
+            mark = client.mark()
+            proxy.blackhole()
+            assert (await client.disconnection(mark))["reason"] == "ping timeout"
+            await subscribed(url, 0)  # the server's ping timeout
+            e1, e2 = await publish_meanwhile(url)
+            await client.command("connect")
+            await assert_recovered(client, url, first, mark, [[1, e1], [2, e2]])
 
 
 async def refused_after(url: str, prepare: Callable[[NodeSio], Awaitable[None]]) -> None:

@@ -21,6 +21,7 @@ from tests.recovery_support import (
     forge,
     kept_sessions,
     publish_meanwhile,
+    recovers_after_a_dropped_link,
     recovers_after_engine_close,
     recovers_with_automatic_reconnection,
     refused_after,
@@ -49,25 +50,8 @@ async def test_reference_recovers_with_automatic_reconnection(reference: Referen
 
 
 async def test_reference_recovers_after_a_dropped_link(artifacts: Path) -> None:
-    """The link goes silent (blackhole): both sides find out by their pings."""
     with running_reference(artifacts, ping_ms=(300, 300)) as reference:
-        async with tcp_proxy(reference.url) as proxy:
-            options = {"auth": {"channels": [CHANNEL]}, "reconnection": False}
-            async with node_sio(proxy.url, transports=["websocket"], **options) as client:
-                first, _ = await connected_with_one_event(client, reference.url)
-                mark = client.mark()
-                proxy.blackhole()
-                assert (await client.disconnection(mark))["reason"] == "ping timeout"
-                await eventually(
-                    lambda: _gone(reference.url), "the server's ping timeout", within=10
-                )
-                e1, e2 = await publish_meanwhile(reference.url)
-                await client.command("connect")
-                await assert_recovered(client, reference.url, first, mark, [[1, e1], [2, e2]])
-
-
-async def _gone(url: str) -> bool:
-    return await subscribers(url) == 0
+        await recovers_after_a_dropped_link(reference.url)
 
 
 async def test_reference_refuses_a_claim_while_the_old_socket_lives(reference: Reference) -> None:
