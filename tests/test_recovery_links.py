@@ -25,7 +25,7 @@ from tests.recovery_support import (
     recovery_settings,
     subscribers,
 )
-from tests.support import RedisServer, Server, free_port, sse_session, until
+from tests.support import VENV_BIN, RedisServer, Server, free_port, sse_session, until
 from tests.tcp_proxy import tcp_proxy
 from tests.test_nginx import render, running_nginx
 
@@ -82,7 +82,9 @@ async def test_recovery_on_another_node_through_nginx(
     (SIGTERM): its session was kept in Redis: recovered there, with what was published on the
     other node meanwhile. Killed (SIGKILL): nothing was kept: a fresh session, nothing
     replayed."""
-    nodes = [start_server(recovery_settings(redis)), start_server(recovery_settings(redis))]
+    # ``broadcast serve``: SIGTERM drains (keeps the sessions in Redis), as in production.
+    serve = [str(VENV_BIN / "broadcast"), "serve"]
+    nodes = [start_server(recovery_settings(redis), serve) for _ in range(2)]
     port = free_port()
     config = render([n.url.removeprefix("http://") for n in nodes], port, artifacts)
     with running_nginx(config, port, artifacts) as url:
