@@ -53,7 +53,9 @@ def _channel(raw: str) -> str:
 
 
 def create_channels_router(presence: PresenceBackend, tokens: PublishTokens) -> Router:
-    def authorized(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def authorized(  # async: no worker thread per request (see publish.py)
+        connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+    ) -> None:
         tokens.check(connection.headers.get("authorization"))
 
     @get(
