@@ -417,7 +417,10 @@ async def sse_session(
             **params: str,
         ) -> SseClient:
             http = pool(local_address)
-            request = http.build_request("GET", f"{url}{path}", params=params, headers=headers)
+            # (httpx replaces the path's own query with ``params``, even empty ones.)
+            request = http.build_request(
+                "GET", f"{url}{path}", params=params or None, headers=headers
+            )
             response = await http.send(request, stream=True)
             client = SseClient(response)
             client.task = asyncio.create_task(client.read())

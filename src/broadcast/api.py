@@ -8,6 +8,7 @@ from litestar import MediaType, Response, Router, get
 from litestar.openapi.datastructures import ResponseSpec
 
 from broadcast.broker import Broker
+from broadcast.channel_presence import ChannelPresence
 from broadcast.metrics import CONTENT_TYPE_LATEST
 from broadcast.presence import TRANSPORTS, Presence
 from broadcast.supervisor import Supervisor
@@ -27,6 +28,12 @@ class Stats:
     """Users connected to this node."""
     connections: Connections
     """This node's connections per transport."""
+    channels: dict[str, int]
+    """Subscribers of the channels this node has subscribers of, over every node, by name
+    (the first ``STATS_CHANNELS`` by name; ``GET /channels`` lists them all)."""
+
+
+STATS_CHANNELS = 1000
 
 
 @dataclass(frozen=True)
@@ -45,14 +52,24 @@ class Readiness:
 
 
 def create_api_router(
-    broker: Broker, presence: Presence, supervisor: Supervisor, broker_scheme: str
+    broker: Broker,
+    presence: Presence,
+    channels: ChannelPresence,
+    supervisor: Supervisor,
+    broker_scheme: str,
 ) -> Router:
-    @get("/stats", summary="Connected users and connections per transport", tags=["operations"])
+    @get(
+        "/stats",
+        summary="Connected users, connections per transport, subscribers per channel",
+        tags=["operations"],
+    )
     async def stats() -> Stats:
+        names = sorted(channels.local)[:STATS_CHANNELS]
         return Stats(
             user_count=presence.user_count,
             local_users=presence.local_users,
             connections=Connections(**presence.connections),
+            channels={name: channels.count(name) for name in names},
         )
 
     @get("/healthz", summary="200 while the process serves", tags=["operations"])

@@ -27,6 +27,8 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from broadcast import __version__, drain, logs
 from broadcast.api import create_api_router
 from broadcast.broker import Broker, create_backends
+from broadcast.channel_presence import ChannelPresence
+from broadcast.channels import ChannelPolicy
 from broadcast.eviction import SHUTTING_DOWN
 from broadcast.identity import Identity
 from broadcast.limits import AddressLimit
@@ -131,7 +133,16 @@ def create_app(settings: Settings) -> BroadcastApp:
     identity = Identity(settings.jwt_secret, settings.identity_required)
     addresses = AddressLimit(settings.max_connections_per_address)
     watchdog = SendWatchdog(settings.send_timeout_seconds, metrics.evicted)
-    sessions = Sessions(broker, presence, identity, settings.client_buffer_bytes)
+    channel_presence = ChannelPresence(
+        broker, presence_backend, settings.count_conflation_ms / 1000, metrics
+    )
+    policy = ChannelPolicy(
+        getattr(settings, "private_channels", ("private:*",)),
+        getattr(settings, "max_channels_per_connection", 100),
+    )
+    sessions = Sessions(
+        broker, presence, identity, settings.client_buffer_bytes, channel_presence, policy
+    )
     overrides = choose_overrides(settings.overrides)
     socketio_transport = SocketIOTransport(
         settings, broker, sessions, addresses, watchdog, overrides
@@ -179,6 +190,7 @@ def create_app(settings: Settings) -> BroadcastApp:
         await supervisor.cancel("send-watchdog")
         await sse_transport.stop()
         await socketio_transport.stop()
+        channel_presence.close()
         await presence.stop()
         await broker.stop()
         await supervisor.stop()  # anything left
@@ -227,6 +239,7 @@ def create_app(settings: Settings) -> BroadcastApp:
                     "sessions the usual way (opened as the drain began)",
                     *late,
                 )
+        channel_presence.everyone_left()
         if presence.everyone_left() and (unsent := await broker.flush(drain.LEAVES_SENT_WITHIN)):
             logger.warning(
                 "%d named users' leaves not announced to the other nodes: no time left", unsent
@@ -241,7 +254,9 @@ def create_app(settings: Settings) -> BroadcastApp:
         route_handlers=[
             index,
             create_static_files_router(path="/static", directories=[static]),
-            create_api_router(broker, presence, supervisor, urlsplit(settings.broker_url).scheme),
+            create_api_router(
+                broker, presence, channel_presence, supervisor, urlsplit(settings.broker_url).scheme
+            ),
             create_publish_router(settings, broker, tokens),
             sse_transport.route_handler(),
             socketio_transport.route_handler(),

@@ -10,3 +10,7 @@ class Refused(ValueError):
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+
+
+class NotGranted(Refused):
+    """Refused because the client's token does not grant it (HTTP 403, not 400)."""

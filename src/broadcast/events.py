@@ -20,8 +20,12 @@ from sse_starlette import ServerSentEvent
 
 USER_COUNT = "user count"
 """The server's own event: the number of connected users, a plain integer."""
+CHANNEL_COUNT = "channel count"
+"""The subscribers of one channel, over every transport and node: ``{channel, count}``; sent to
+that channel's subscribers only."""
 USER = "user"
-"""A named user joined or left: ``{username, currentUsers, connected}``."""
+"""A named user joined or left: ``{username, currentUsers, connected}``; or joined or left a
+channel: ``{username, channel, count, connected}``, to that channel's subscribers."""
 CHAT_MESSAGE = "chat message"
 """A chat message, as broadcast: ``{username, message}``."""
 GAP = "gap"

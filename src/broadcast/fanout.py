@@ -9,6 +9,11 @@ to its log as it goes (``EventLog``), so the clients it has not reached yet get 
 the same write; an event then waits at most one pass, and each client gets one write per pass
 however many events arrived.
 
+Channels: a pass visits only the clients owed something. When every event waiting is of some
+channels, that is their members (``ChannelMembers``), not every client: a publish to a channel of
+10 costs 10 visits however many clients the node holds. Each client gets the events of its own
+channels and those to everyone, in order; clients owed the same events share one encoding.
+
 A client the pump cannot keep up with is evicted with a typed reason (``eviction.py``).
 """
 
@@ -17,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from itertools import chain
 from typing import Any, Generic, Protocol, TypeVar
 
 from broadcast.broker.hub import Subscriber, SubscriberClosed
@@ -88,6 +94,7 @@ class Passes(Generic[T]):
         self._behind = False  # clients the last pass had already reached when events joined it
         self._since = 0.0  # when the oldest event not yet sent to every client was queued
         self._joined_since = 0.0
+        self._first_joined = 0  # the index of the first event that joined the pass under way
 
     async def start(self) -> None:
         """Wait for events, unless the last pass left clients behind; raises
@@ -98,6 +105,7 @@ class Passes(Generic[T]):
             self._since = self._since if self._behind else subscriber.batch_since
             self.log.add(subscriber.offered - len(batch), self._encode(batch))
         self._behind, self._joined_since = False, 0.0
+        self._first_joined = self.log.head
 
     async def breathe(self) -> None:
         """Return to the event loop, so publishes get in; their events join this pass."""
@@ -109,12 +117,16 @@ class Passes(Generic[T]):
             self.log.add(subscriber.offered - len(more), self._encode(more))
             self._behind = True
 
-    def end(self, positions: Iterable[int]) -> float:
-        """End a pass, given every client's position; how long its oldest event waited until
-        every client had it (s)."""
+    def end(self) -> float:
+        """End a pass; how long its oldest event waited until every client had it (s).
+
+        The pass visited every client owed the events it started with, so those are forgotten;
+        those that joined it are kept for the next pass (some clients were visited before they
+        came). A client a pass did not visit may hold an older position: the log starts later,
+        and nothing before its start was owed to it."""
         waited = time.monotonic() - self._since
         self._since = self._joined_since
-        self.log.trim(min(positions, default=self.log.head))
+        self.log.trim(self._first_joined)
         return waited
 
 
@@ -145,11 +157,72 @@ class Recipient(Protocol):
     """The index of the next event the pump owes it."""
 
     @property
+    def channels(self) -> Collection[str]:
+        """The channels it subscribes to (besides the events to everyone)."""
+
+    @property
     def gone(self) -> bool:
         """It left, or was evicted: the pump skips it."""
 
 
 R = TypeVar("R", bound=Recipient)
+
+
+class ChannelMembers(Generic[R]):
+    """A transport's clients by channel (insertion-ordered: a dict as an ordered set)."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, dict[R, None]] = {}
+
+    def join(self, client: R, channel: str) -> None:
+        self._channels.setdefault(channel, {})[client] = None
+
+    def leave(self, client: R, channel: str) -> None:
+        members = self._channels.get(channel)
+        if members is not None:
+            members.pop(client, None)
+            if not members:
+                del self._channels[channel]
+
+    def leave_all(self, client: R) -> None:
+        for channel in client.channels:
+            self.leave(client, channel)
+
+    def of(self, channel: str) -> Collection[R]:
+        return self._channels.get(channel) or ()
+
+
+class _ByChannel:
+    """The events of one span by channel: which of them a client of some channels is owed."""
+
+    __slots__ = ("channels", "events", "everyone")
+
+    def __init__(self, events: list[Event]) -> None:
+        self.events = events
+        self.everyone = False
+        """Some of them are to everyone."""
+        self.channels: dict[str, list[Event]] = {}
+        for event in events:
+            if event.channel is None:
+                self.everyone = True
+            else:
+                self.channels.setdefault(event.channel, []).append(event)
+
+    def owed(self, channels: Collection[str]) -> frozenset[str]:
+        """The channels of the span among ``channels`` (from the smaller side: a client has a
+        few channels, a span after a storm hundreds)."""
+        mine, span = self.channels, channels
+        if len(channels) < len(mine):
+            return frozenset(c for c in channels if c in mine)
+        return frozenset(c for c in mine if c in span)
+
+    def events_of(self, owed: frozenset[str]) -> list[Event]:
+        """The events to everyone and those of the channels ``owed``, in order."""
+        if len(owed) == len(self.channels):
+            return self.events
+        if not self.everyone and len(owed) == 1:
+            return self.channels[next(iter(owed))]
+        return [e for e in self.events if e.channel is None or e.channel in owed]
 
 
 class Pump(Generic[R]):
@@ -162,6 +235,7 @@ class Pump(Generic[R]):
         self,
         subscriber: Subscriber,
         recipients: Callable[[], Iterable[R]],
+        members: ChannelMembers[R],
         deliver: Callable[[R, Span], int | Awaitable[int]],
         prepare: Callable[[Event], object],
         delivered: Any,
@@ -170,6 +244,7 @@ class Pump(Generic[R]):
     ) -> None:
         self.subscriber = subscriber
         self._recipients = recipients
+        self._members = members
         self._deliver = deliver
         self._prepare = prepare
         self._delivered = delivered
@@ -187,6 +262,17 @@ class Pump(Generic[R]):
             kept.append(event)
         return kept
 
+    def _visits(self, events: list[Event]) -> list[R]:
+        """The clients owed some of ``events``: everyone, or the members of their channels."""
+        channels: dict[str, None] = {}
+        for event in events:
+            if event.channel is None:
+                return list(self._recipients())
+            channels[event.channel] = None
+        if len(channels) == 1:
+            return list(self._members.of(next(iter(channels))))
+        return list(dict.fromkeys(chain.from_iterable(map(self._members.of, channels))))
+
     async def run(self) -> None:
         """Pass over the clients whenever events come, until the subscriber is closed
         (``SubscriberClosed`` propagates: the transport ends its clients)."""
@@ -195,22 +281,30 @@ class Pump(Generic[R]):
         while True:
             await passes.start()
             delivered = 0
-            span = Span((-1, -1), [])
-            for number, recipient in enumerate(list(self._recipients()), 1):
+            # The spans of this pass, by start and end, then by the channels owed of them.
+            spans: dict[tuple[int, int], tuple[_ByChannel, dict[frozenset[str], Span]]] = {}
+            for number, recipient in enumerate(self._visits(log.items), 1):
                 if not number % SLICE:
                     await passes.breathe()
-                position, head = recipient.position, log.head
+                position, head = max(recipient.position, log.start), log.head
                 if position >= head or recipient.gone:
                     continue
                 recipient.position = head
-                if span.bounds != (position, head):
-                    span = Span((position, head), log.since(position))
+                found = spans.get((position, head))
+                if found is None:
+                    found = spans[(position, head)] = (_ByChannel(log.since(position)), {})
+                by_channel, by_owed = found
+                owed = by_channel.owed(recipient.channels)
+                span = by_owed.get(owed)
+                if span is None:
+                    span = by_owed[owed] = Span((position, head), by_channel.events_of(owed))
+                if not span.events:
+                    continue
                 sent = self._deliver(recipient, span)
                 # A transport may have to wait to hand over (Socket.IO during an upgrade).
                 delivered += sent if isinstance(sent, int) else await sent
             self._delivered.inc(delivered)
-            owed = (r.position for r in self._recipients() if not r.gone)
-            self._fanout_seconds.observe(passes.end(owed))
+            self._fanout_seconds.observe(passes.end())
             if self._after_pass is not None:
                 result = self._after_pass()
                 if asyncio.iscoroutine(result):
@@ -221,6 +315,7 @@ __all__ = [
     "PUMP_BACKLOG",
     "SHUTTING_DOWN",
     "SLICE",
+    "ChannelMembers",
     "EventLog",
     "Evicted",
     "Eviction",

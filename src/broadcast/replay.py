@@ -77,12 +77,15 @@ def _size(event: Event) -> int:
     return len(event.json_data) + len(event.name) + len(event.id or "") + 32
 
 
-async def missed_since(broker: Broker, resume_from: str, max_bytes: int) -> Missed:
-    """What a client resuming from ``resume_from`` missed: at most ``max_bytes`` of events (the
-    newest; a ``gap`` for the ones before them)."""
+async def missed_since(
+    broker: Broker, resume_from: str, max_bytes: int, channels: list[str]
+) -> Missed:
+    """What a client of ``channels`` (and of the events to everyone) resuming from
+    ``resume_from`` missed: at most ``max_bytes`` of events (the newest; a ``gap`` for the ones
+    before them)."""
     after = parse_event_id(resume_from)
     try:
-        history = await broker.history(after)
+        history = await broker.history(after, [None, *channels])
     except BrokerUnavailable as exc:
         logger.info("cannot replay to a reconnecting client: %s", exc)
         history = History([], False, None)

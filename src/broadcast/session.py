@@ -7,11 +7,21 @@ Order matters, and is the same on both transports: a client is admitted (its ide
 a refusal is counted and said), takes its position in the pump's stream, joins the count (so a
 count announced at once includes it), then is replayed what it missed; the live events that
 came meanwhile go through its ``ReplayFilter``, so each event reaches it once, in order.
+
+Channels: a client subscribes to some (checked: names, its allowance, private channels' grants),
+each counted in that channel's presence (``channel_presence.py``); this node listens to a channel
+(receives its events) while it has a subscriber of it, and asks before the subscription is
+acknowledged, so nothing published after the acknowledgement is missed.
 """
 
 from __future__ import annotations
 
-from broadcast.broker import Broker
+import asyncio
+import logging
+
+from broadcast.broker import Broker, BrokerUnavailable
+from broadcast.channel_presence import ChannelPresence
+from broadcast.channels import ChannelPolicy, Grant
 from broadcast.errors import Refused
 from broadcast.events import Event
 from broadcast.eviction import Evicted
@@ -19,13 +29,17 @@ from broadcast.identity import Identity
 from broadcast.presence import Presence
 from broadcast.replay import Missed, ReplayFilter, missed_since, replay_budget
 
+logger = logging.getLogger(__name__)
+
 
 class Client:
     """One connected client (a Socket.IO session, an SSE stream), as every part sees it."""
 
     __slots__ = (
         "address",
+        "channels",
         "evicted",
+        "grant",
         "joined",
         "position",
         "replay",
@@ -56,6 +70,10 @@ class Client:
         self.joined = False
         self.evicted: Evicted | None = None
         """Why the server cut it off, once it has."""
+        self.channels: dict[str, None] = {}
+        """The channels it subscribes to, in the order it did (a dict: an ordered set)."""
+        self.grant = Grant.NONE
+        """The private channels its token lets it subscribe to."""
 
     @property
     def gone(self) -> bool:
@@ -67,10 +85,20 @@ class Sessions:
     """Admission, presence and resume for the clients of both transports."""
 
     def __init__(
-        self, broker: Broker, presence: Presence, identity: Identity, buffer_bytes: int
+        self,
+        broker: Broker,
+        presence: Presence,
+        identity: Identity,
+        buffer_bytes: int,
+        channel_presence: ChannelPresence,
+        policy: ChannelPolicy,
     ) -> None:
         self._broker = broker
         self._presence = presence
+        self.channel_presence = channel_presence
+        self.policy = policy
+        self._unlisten: set[str] = set()
+        self._unlisten_tasks: set[asyncio.Task[None]] = set()
         self._identity = identity
         self._replay_budget = replay_budget(buffer_bytes)
         self._refused = broker.metrics.refused.labels("connect")
@@ -91,10 +119,92 @@ class Sessions:
         return self._presence.join(client.transport, client.username)
 
     def leave(self, client: Client) -> None:
-        """Count ``client`` out (once, however often called)."""
+        """Count ``client`` out (once, however often called), of its channels too."""
         if client.joined:
             client.joined = False
+            self.remove_channels(client, list(client.channels))
             self._presence.leave(client.transport, client.username)
+
+    # ------------------------------------------------------------------ channels
+
+    def check_channels(self, client: Client, names: list[str]) -> list[str]:
+        """The channels of ``names`` ``client`` does not subscribe to yet, once it may (within
+        its allowance, private ones granted); ``Refused`` saying why not, counted."""
+        new = [name for name in names if name not in client.channels]
+        try:
+            limit = self.policy.max_per_connection
+            if len(client.channels) + len(new) > limit:
+                raise Refused(
+                    f"too many channels: at most {limit} per connection "
+                    "(BROADCAST_MAX_CHANNELS_PER_CONNECTION)"
+                )
+            for name in new:
+                self.policy.check_access(name, client.grant)
+        except Refused:
+            self._broker.metrics.refused.labels("subscribe").inc()
+            raise
+        return new
+
+    async def listen(self, names: list[str]) -> None:
+        """Receive the events of ``names`` on this node before a subscription to them is
+        acknowledged; ``Refused`` when the broker cannot now."""
+        for name in names:
+            if name not in self.channel_presence.local:
+                self._unlisten.discard(name)
+                try:
+                    await self._broker.listen(name)
+                except BrokerUnavailable as exc:
+                    raise Refused(f"cannot subscribe now: {exc}") from None
+
+    def add_channels(self, client: Client, names: list[str]) -> list[str]:
+        """Subscribe ``client`` to ``names`` (checked, listened to); the channels whose new
+        count did not go out at once (tell the client yourself: ``channel_count_event``)."""
+        untold = []
+        for name in names:
+            if name in client.channels:
+                continue
+            client.channels[name] = None
+            _, announced = self.channel_presence.join(name, client.username)
+            if not announced:
+                untold.append(name)
+        return untold
+
+    def remove_channels(self, client: Client, names: list[str]) -> list[str]:
+        """Unsubscribe ``client`` from ``names``; those it was subscribed to."""
+        removed = []
+        for name in names:
+            if client.channels.pop(name, 0) is None:
+                removed.append(name)
+                if self.channel_presence.leave(name, client.username):
+                    self._unlisten_soon(name)
+        return removed
+
+    def channel_count_event(self, channel: str) -> Event:
+        return self.channel_presence.count_event(channel)
+
+    def _unlisten_soon(self, name: str) -> None:
+        # Not at once: a client that resubscribes right away (a page reload) keeps the
+        # listening, and leaves are synchronous (a disconnect) while unlistening is not.
+        if not self._unlisten:
+            asyncio.get_running_loop().call_later(1.0, self._unlisten_idle)
+        self._unlisten.add(name)
+
+    def _unlisten_idle(self) -> None:
+        idle = [n for n in self._unlisten if n not in self.channel_presence.local]
+        self._unlisten.clear()
+        if idle:
+            task = asyncio.get_running_loop().create_task(self._unlisten_all(idle))
+            self._unlisten_tasks.add(task)
+            task.add_done_callback(self._unlisten_tasks.discard)
+
+    async def _unlisten_all(self, names: list[str]) -> None:
+        for name in names:
+            if name in self.channel_presence.local:
+                continue  # subscribed to again meanwhile
+            try:
+                await self._broker.unlisten(name)
+            except Exception:  # never fatal: its events keep coming, and are dropped here
+                logger.exception("could not stop listening to channel %r", name)
 
     def count_event(self) -> Event:
         return self._presence.count_event()
@@ -105,6 +215,8 @@ class Sessions:
         unknown position: a ``gap``, nothing replayed."""
         if client.resume_from is None:
             return None
-        missed = await missed_since(self._broker, client.resume_from, self._replay_budget)
+        missed = await missed_since(
+            self._broker, client.resume_from, self._replay_budget, list(client.channels)
+        )
         client.replay = ReplayFilter(missed)
         return missed

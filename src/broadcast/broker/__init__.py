@@ -5,12 +5,11 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from broadcast.broker.base import Backend, BrokerUnavailable, History, PresenceBackend
-from broadcast.broker.core import DEFAULT_CHANNEL, Broker
+from broadcast.broker.core import Broker
 from broadcast.broker.hub import Hub, Overflow, Subscriber, SubscriberClosed
 from broadcast.settings import Settings
 
 __all__ = [
-    "DEFAULT_CHANNEL",
     "Backend",
     "Broker",
     "BrokerUnavailable",

@@ -96,6 +96,12 @@ class PresenceBackend(Protocol):
     def local_changed(self, local_count: int) -> None:
         """This node's count is now ``local_count`` (never blocks; shared soon after)."""
 
+    def channel_changed(self, channel: str, local_count: int, users: object) -> None: ...
+
+    def watch(self, channel: str) -> None: ...
+
+    def unwatch(self, channel: str) -> None: ...
+
     async def stop(self) -> None:
         """Remove this node's share at once (a clean shutdown)."""
 

@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Sequence
 
 from broadcast.broker.base import EVERYONE, Backend, BrokerUnavailable, History, topic
-from broadcast.broker.hub import EventSize, Hub, Overflow, Subscriber
+from broadcast.broker.hub import ALL, EventSize, Hub, Overflow, Subscriber
 from broadcast.events import Event, EventId
 from broadcast.eviction import SHUTTING_DOWN, Evicted
 from broadcast.metrics import Metrics
@@ -16,14 +17,11 @@ from broadcast.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHANNEL = EVERYONE
-"""The topic of events to everyone."""
-
 
 class Broker:
     def __init__(self, backend: Backend, metrics: Metrics | None = None) -> None:
         self.backend = backend
-        self.hub = Hub()
+        self.hub = Hub(listening=[EVERYONE])
         self.metrics = metrics or Metrics()
         # Announcements made from synchronous code (joins, leaves) wait here and are published
         # in order by one task, so a client's "joined" never overtakes its "left".
@@ -62,10 +60,11 @@ class Broker:
         everyone) on every process; its id."""
         return await self.backend.publish(topic(event.channel), event)
 
-    async def history(self, after: EventId | None, channel: str | None = None) -> History:
-        """The events of ``channel`` (``None``: those to everyone) after position ``after``
-        that are still held."""
-        return await self.backend.history(topic(channel), after)
+    async def history(self, after: EventId | None, channels: Sequence[str | None]) -> History:
+        """The events of ``channels`` (``None``: those to everyone) after position ``after``
+        that are still held, in order."""
+        # TEMPORARY until the backends take several topics (the backends branch).
+        return await self.backend.history(topic(channels[0]), after)
 
     def publish_soon(self, event: Event) -> None:
         """``publish`` from code that cannot wait; events go out in the order given."""
@@ -82,14 +81,26 @@ class Broker:
         self,
         max_backlog: int,
         overflow: Overflow = Overflow.CLOSE,
-        channel: str = DEFAULT_CHANNEL,
+        channels: Sequence[str | None] | None = None,
         max_bytes: int | None = None,
         size: EventSize | None = None,
     ) -> Subscriber:
-        return self.hub.subscribe(channel, max_backlog, overflow, max_bytes, size)
+        """A subscriber of the events of ``channels`` (``None`` among them: those to everyone),
+        or, without ``channels``, of every channel this node listens to (``listen``)."""
+        topics = ALL if channels is None else [topic(channel) for channel in channels]
+        return self.hub.subscribe(topics, max_backlog, overflow, max_bytes, size)
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self.hub.unsubscribe(subscriber)
+
+    async def listen(self, channel: str) -> None:
+        """This node has subscribers of ``channel`` now: receive its events (the transports'
+        pumps get them from here on)."""
+        self.hub.listening.add(topic(channel))
+
+    async def unlisten(self, channel: str) -> None:
+        """This node's last subscriber of ``channel`` left: its events need not come here."""
+        self.hub.listening.discard(topic(channel))
 
     async def _send_outbox(self) -> None:
         while True:

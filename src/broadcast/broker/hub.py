@@ -9,13 +9,17 @@ Deliberate choices:
   to drop its oldest events instead (Litestar's ``dropleft``).
 - Consumers take everything queued at once (``next_batch``), so a burst costs one write per
   client, not one per event.
+- A subscriber listens to a few topics (an SSE stream of its own: everyone's events and its
+  channels'), or to every topic this node listens to (a transport's pump: ``ALL``). A topic
+  nobody on this node listens to is dropped here at the cost of one set lookup, so a publish to
+  a channel without subscribers here wakes nobody.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 
 from broadcast.events import Event
@@ -39,6 +43,10 @@ EventSize = Callable[[Event], int]
 """The bytes an event costs its consumer (the size of its encoding on that consumer's wire)."""
 
 
+ALL: tuple[str, ...] = ()
+"""Subscribe to every topic this node listens to (``Hub.listening``)."""
+
+
 class Subscriber:
     """A bounded queue of events for one consumer (one SSE client, or one whole transport).
 
@@ -48,7 +56,7 @@ class Subscriber:
 
     def __init__(
         self,
-        channel: str,
+        topics: Sequence[str],
         max_backlog: int,
         overflow: Overflow,
         max_bytes: int | None = None,
@@ -56,7 +64,8 @@ class Subscriber:
     ) -> None:
         if max_bytes is not None and size is None:
             raise ValueError("max_bytes needs size, the function that measures an event")
-        self.channel = channel
+        self.topics = tuple(topics)
+        """The topics it receives (``ALL``: every topic listened to)."""
         self.max_backlog = max_backlog
         self.overflow = overflow
         self.max_bytes = max_bytes
@@ -148,37 +157,52 @@ class Subscriber:
 
 
 class Hub:
-    """The subscribers of this process, by channel."""
+    """The subscribers of this process, by topic."""
 
-    def __init__(self) -> None:
-        self._channels: dict[str, set[Subscriber]] = {}
+    def __init__(self, listening: Sequence[str] = ()) -> None:
+        self._topics: dict[str, set[Subscriber]] = {}
+        self._everything: set[Subscriber] = set()
+        self.listening: set[str] = set(listening)
+        """The topics ``ALL`` subscribers receive (those with subscribers on this node)."""
 
     def subscribe(
         self,
-        channel: str,
+        topics: str | Sequence[str],
         max_backlog: int,
         overflow: Overflow = Overflow.CLOSE,
         max_bytes: int | None = None,
         size: EventSize | None = None,
     ) -> Subscriber:
-        subscriber = Subscriber(channel, max_backlog, overflow, max_bytes, size)
-        self._channels.setdefault(channel, set()).add(subscriber)
+        """A subscriber of ``topics`` (one, several, or ``ALL``)."""
+        topics = (topics,) if isinstance(topics, str) else topics
+        subscriber = Subscriber(topics, max_backlog, overflow, max_bytes, size)
+        if not subscriber.topics:
+            self._everything.add(subscriber)
+        for topic in subscriber.topics:
+            self._topics.setdefault(topic, set()).add(subscriber)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
-        subscribers = self._channels.get(subscriber.channel)
-        if subscribers is not None:
-            subscribers.discard(subscriber)
-            if not subscribers:
-                del self._channels[subscriber.channel]
+        self._everything.discard(subscriber)
+        for topic in subscriber.topics:
+            subscribers = self._topics.get(topic)
+            if subscribers is not None:
+                subscribers.discard(subscriber)
+                if not subscribers:
+                    del self._topics[topic]
 
-    def dispatch(self, channel: str, event: Event) -> None:
-        """Hand ``event`` to every subscriber of ``channel`` (never blocks)."""
-        # offer() never unsubscribes, so the set cannot change while we iterate.
-        for subscriber in self._channels.get(channel, ()):
+    def dispatch(self, topic: str, event: Event) -> None:
+        """Hand ``event`` to every subscriber of ``topic`` (never blocks)."""
+        # offer() never unsubscribes, so the sets cannot change while we iterate.
+        if topic in self.listening:
+            for subscriber in self._everything:
+                subscriber.offer(event)
+        for subscriber in self._topics.get(topic, ()):
             subscriber.offer(event)
 
     def close_all(self, reason: Evicted) -> None:
-        for subscribers in self._channels.values():
+        for subscriber in self._everything:
+            subscriber.close(reason)
+        for subscribers in self._topics.values():
             for subscriber in subscribers:
                 subscriber.close(reason)

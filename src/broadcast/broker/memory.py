@@ -147,7 +147,9 @@ class MemoryBackend:
         # copying it.
         where = channel_of(channel)
         events = [
-            Event(kept.name, orjson.Fragment(kept.data), str(EventId(self.epoch, kept.offset)), where)
+            Event(
+                kept.name, orjson.Fragment(kept.data), str(EventId(self.epoch, kept.offset)), where
+            )
             for kept in held
         ]
         first = held[0].offset if held else None
@@ -162,6 +164,15 @@ class MemoryPresence:
         pass
 
     def local_changed(self, local_count: int) -> None:
+        pass
+
+    def channel_changed(self, channel: str, local_count: int, users: object) -> None:
+        pass  # TEMPORARY: the chpresence branch brings the real one
+
+    def watch(self, channel: str) -> None:
+        pass
+
+    def unwatch(self, channel: str) -> None:
         pass
 
     async def stop(self) -> None:

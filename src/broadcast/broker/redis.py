@@ -178,9 +178,7 @@ class RedisBackend:
             offset = _offset(entry_id)
             first_held = offset if first_held is None else first_held
             body = orjson.loads(fields[b"e"])
-            events.append(
-                Event(body["name"], body.get("data"), str(EventId(epoch, offset)), where)
-            )
+            events.append(Event(body["name"], body.get("data"), str(EventId(epoch, offset)), where))
         return History(events, complete_after(first_held, after.offset, last), oldest)
 
     async def _listen(self) -> None:

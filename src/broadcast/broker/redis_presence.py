@@ -85,6 +85,15 @@ class RedisPresence:
         self._changed = True
         self._wake.set()
 
+    def channel_changed(self, channel: str, local_count: int, users: object) -> None:
+        pass  # TEMPORARY: the chpresence branch brings the real one
+
+    def watch(self, channel: str) -> None:
+        pass
+
+    def unwatch(self, channel: str) -> None:
+        pass
+
     async def stop(self) -> None:
         if self._supervisor is not None:
             await self._supervisor.cancel("redis-presence")

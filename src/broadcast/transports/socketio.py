@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from typing import Any
+from urllib.parse import parse_qs
 
 import socketio
 from engineio import packet as eio_packet
@@ -32,10 +33,11 @@ from litestar.handlers import ASGIRouteHandler
 from litestar.types import Receive, Scope, Send
 
 from broadcast.broker import Broker, Overflow, Subscriber, SubscriberClosed
+from broadcast.channels import parse_channel_list
 from broadcast.drain import SHUTTING_DOWN, WEBSOCKET_GOODBYE
 from broadcast.errors import Refused
 from broadcast.events import CHAT_MESSAGE
-from broadcast.fanout import PUMP_BACKLOG, Pump
+from broadcast.fanout import PUMP_BACKLOG, ChannelMembers, Pump
 from broadcast.limits import AddressLimit, SessionAdmission
 from broadcast.overrides import Overrides
 from broadcast.overrides.engineio import CONNECTION
@@ -74,6 +76,7 @@ class SocketIOTransport:
         self._addresses = addresses
         origins = settings.cors_origins
         self._clients: dict[str, SocketIOClient] = {}
+        self._members: ChannelMembers[SocketIOClient] = ChannelMembers()
         self._admission = SessionAdmission(addresses)
         self.server = GuardedServer(
             async_mode="asgi",
@@ -96,8 +99,18 @@ class SocketIOTransport:
         self.server.on_invalid_packet = self._on_invalid_packet
         self.server.on("connect", self._on_connect)
         self.server.on("disconnect", self._on_disconnect)
-        events = ClientEvents(self.server, broker, settings.chat_max_length, self._clients)
+        events = ClientEvents(
+            self.server,
+            broker,
+            settings.chat_max_length,
+            self._clients,
+            sessions,
+            self._subscribe,
+            self._unsubscribe,
+        )
         self.server.on(CHAT_MESSAGE, events.chat_message)
+        self.server.on("subscribe", events.subscribe)
+        self.server.on("unsubscribe", events.unsubscribe)
         self.server.on("*", events.unknown_event)
         self.server.on_connected = self._on_connected
         self._asgi_app = socketio.ASGIApp(self.server, socketio_path=None)
@@ -209,20 +222,27 @@ class SocketIOTransport:
             username = self._sessions.identify(auth.get("username"), auth.get("token"))
         except Refused as refused:
             raise socketio.exceptions.ConnectionRefusedError(str(refused)) from None
+        eio_sid = self._eio_sid(sid)
         try:
             resume_from = _resume_from(auth)
+            client = SocketIOClient(
+                eio_sid,
+                address,
+                username,
+                resume_from,
+                0,
+                RateLimit(self._settings.chat_rate_per_second, self._settings.chat_burst),
+            )
+            channels = self._sessions.check_channels(
+                client, _channels(auth, environ, self._sessions)
+            )
+            await self._sessions.listen(channels)
         except Refused as refused:
             self._metrics.refused.labels("connect").inc()
             raise socketio.exceptions.ConnectionRefusedError(str(refused)) from None
-        eio_sid = self._eio_sid(sid)
-        client = self._clients[sid] = SocketIOClient(
-            eio_sid,
-            address,
-            username,
-            resume_from,
-            self._subscriber.offered if self._subscriber is not None else 0,
-            RateLimit(self._settings.chat_rate_per_second, self._settings.chat_burst),
-        )
+        # Its position from here: what is published from now on is owed to it.
+        client.position = self._subscriber.offered if self._subscriber is not None else 0
+        self._clients[sid] = client
         if not self._sessions.join(client):
             # The announcement waits for the conflation window; tell the newcomer now. (When it
             # went out at once, it reaches this client too: python-socketio already lists it.)
@@ -230,6 +250,20 @@ class SocketIOTransport:
             # clients hold events that arrive before the CONNECT packet and deliver them after it.
             count = Frame(self._sessions.count_event().socketio_text)
             await self._writer.deliver(eio_sid, count)
+        await self._subscribe(client, channels)
+
+    async def _subscribe(self, client: SocketIOClient, channels: list[str]) -> None:
+        """Subscribe ``client`` to ``channels`` (checked, listened to): its channels' counts
+        reach it, directly when their announcement waits for the conflation window."""
+        for channel in channels:
+            self._members.join(client, channel)
+        for channel in self._sessions.add_channels(client, channels):
+            count = self._sessions.channel_count_event(channel)
+            await self._writer.deliver(client.eio_sid, Frame(count.socketio_text))
+
+    def _unsubscribe(self, client: SocketIOClient, channels: list[str]) -> None:
+        for channel in self._sessions.remove_channels(client, channels):
+            self._members.leave(client, channel)
 
     async def _on_connected(self, sid: str) -> None:
         """Replay what a resuming client missed, now that its CONNECT packet is queued, then
@@ -258,6 +292,7 @@ class SocketIOTransport:
         client = self._clients.pop(sid, None)
         if client is None:
             return
+        self._members.leave_all(client)
         self._sessions.leave(client)
         # Why every client left: ordinary goodbyes (the client said so, or closed its
         # connection: a tab closed) at debug level, anything else (too slow, ping timeout, the
@@ -290,6 +325,7 @@ class SocketIOTransport:
         pump = Pump(
             subscriber,
             self._clients.values,
+            self._members,
             self._writer.send,
             prepare=lambda event: event.socketio_text,
             delivered=self._delivered,
@@ -318,6 +354,17 @@ def _library_logger(name: str) -> logging.Logger:
     if not any(isinstance(f, ClientFaults) for f in library.filters):
         library.addFilter(ClientFaults())
     return library
+
+
+def _channels(auth: dict[str, Any], environ: dict[str, Any], sessions: Sessions) -> list[str]:
+    """The channels a client subscribes to at connect: ``auth.channels``, else ``?channel=`` on
+    the handshake URL (for clients that cannot send ``auth``); ``Refused`` when invalid."""
+    raw = auth.get("channels")
+    if raw is None:
+        raw = parse_qs(environ.get("QUERY_STRING", "")).get("channel")
+        if raw is None:
+            return []
+    return parse_channel_list(raw, sessions.policy.max_per_connection)
 
 
 def _resume_from(auth: dict[str, Any]) -> str | None:

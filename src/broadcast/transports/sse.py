@@ -40,11 +40,12 @@ from litestar.params import QueryParameter
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from broadcast.broker import Broker, Overflow, Subscriber, SubscriberClosed
+from broadcast.channels import parse_channel_list
 from broadcast.drain import sse_goodbye
-from broadcast.errors import Refused
+from broadcast.errors import NotGranted, Refused
 from broadcast.events import Event
 from broadcast.eviction import SHUTTING_DOWN, Evicted, Eviction
-from broadcast.fanout import PUMP_BACKLOG, SLICE, Pump, Span
+from broadcast.fanout import PUMP_BACKLOG, SLICE, ChannelMembers, Pump, Span
 from broadcast.limits import AddressLimit
 from broadcast.overrides import Overrides
 from broadcast.overrides.sse_starlette import WatchedResponse
@@ -127,6 +128,8 @@ class SSETransport:
         self._streams: set[Subscriber] = set()
         self._pushed: dict[_Stream, None] = {}
         """The streams the pump writes to, in the order they joined (a dict: an ordered set)."""
+        self._members: ChannelMembers[_Stream] = ChannelMembers()
+        """The streams the pump writes to, by channel."""
         self._pump_subscriber: Subscriber | None = None
         self._supervisor: Supervisor | None = None
 
@@ -190,6 +193,14 @@ class SSETransport:
             username: str | None = None,
             token: str | None = None,
             last_event_id: Annotated[str | None, QueryParameter(name="lastEventId")] = None,
+            channel: Annotated[
+                list[str] | None,
+                QueryParameter(
+                    description="Channels to subscribe to for the life of the stream (repeat "
+                    "it for several): their events and `channel count` come besides the events "
+                    "to everyone."
+                ),
+            ] = None,
         ) -> EventSourceResponse:
             headers = {
                 # Proxies must not buffer or cache a live stream (nginx reads X-Accel-Buffering).
@@ -210,6 +221,15 @@ class SSETransport:
             # EventSource sends Last-Event-ID by itself when it reconnects; the query parameter
             # is for clients that cannot set headers.
             resume_from = request.headers.get("last-event-id") or last_event_id
+            stream = _Stream(address, name, resume_from)
+            try:
+                names = parse_channel_list(channel or [], self._sessions.policy.max_per_connection)
+                channels = self._sessions.check_channels(stream, names)
+                await self._sessions.listen(channels)
+            except NotGranted as refused:
+                raise PermissionDeniedException(detail=str(refused)) from None
+            except Refused as refused:
+                raise ClientException(detail=str(refused)) from None
             framing = body_framing(request.scope)
             response: WatchedResponse
             response = self._response_class(
@@ -217,9 +237,7 @@ class SSETransport:
                 self._find_socket,
                 # A client that stops reading blocks the write once its TCP buffers are full;
                 # the watchdog cuts it off then, and the stream's `finally` takes it out.
-                self._stream(
-                    _Stream(address, name, resume_from), lambda: response.connection, framing
-                ),
+                self._stream(stream, channels, lambda: response.connection, framing),
                 ping=0,  # the transport's one keep-alive loop does it (`_send_keep_alives`)
                 sep="\n",
                 headers=headers,
@@ -244,6 +262,7 @@ class SSETransport:
     async def _stream(
         self,
         stream: _Stream,
+        channels: list[str],
         connection: Callable[[], WatchedConnection | None],
         framing: Callable[[bytes], bytes] | None,
     ) -> AsyncIterator[bytes]:
@@ -252,6 +271,7 @@ class SSETransport:
         # first frame tells this client the count.
         subscriber = self._broker.subscribe(
             self._settings.subscriber_backlog,
+            channels=[None, *channels],
             max_bytes=self._settings.client_buffer_bytes,
             size=_frame_size,
         )
@@ -269,6 +289,8 @@ class SSETransport:
             first = self._retry_frame
             if not self._sessions.join(stream):
                 first += self._sessions.count_event().sse_frame
+            for name in self._sessions.add_channels(stream, channels):
+                first += self._sessions.channel_count_event(name).sse_frame
             # Live events queue up in the subscriber meanwhile; those already replayed are
             # skipped (the stream's replay filter), so each event arrives once, in order.
             missed = await self._sessions.resume(stream)
@@ -333,6 +355,8 @@ class SSETransport:
         self._streams.discard(subscriber)
         stream.connection, stream.framing, stream.position = connection, framing, pump.offered
         self._pushed[stream] = None
+        for channel in stream.channels:
+            self._members.join(stream, channel)
         connection.goodbye = self._goodbyes.get(framing)  # the head is out
         try:
             if batch:
@@ -342,6 +366,7 @@ class SSETransport:
         finally:
             connection.goodbye = None  # ended the usual way: the stream writes its own end
             self._pushed.pop(stream, None)
+            self._members.leave_all(stream)
 
     def _write(self, stream: _Stream, data: bytes) -> None:
         connection = stream.connection
@@ -375,6 +400,7 @@ class SSETransport:
         pump = Pump(
             subscriber,
             lambda: self._pushed,
+            self._members,
             self._deliver,
             prepare=lambda event: event.sse_frame,
             delivered=self._delivered,
