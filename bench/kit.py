@@ -7,7 +7,7 @@ count`` and ``channel count``, ``/stats`` ``channels``, routing (a delivery or a
 count`` of another channel is a ``foreign`` error), missing, duplicate and out-of-order events.
 Both servers are driven by the very code the kit's own figures come from. It runs ``--lean``
 (its raw WebSocket and SSE clients), the setting the kit's README reads the Node peer's figures
-with; it needs the ``ws`` package only to load, from the Node peer's installed copy.
+with; it needs the ``ws`` package only to load (``Bench.kit_modules``).
 
 Its JSON is camelCase; ``normalise`` adds the few snake_case figures the runner and the report
 read from every run (the load generator's and the server's CPU, the server's peak RSS).
@@ -47,10 +47,11 @@ def command(
     return cmd
 
 
-def environment(peer_dir: Path) -> dict[str, str]:
-    """loadgen.js ``require``s ``ws``: the Node peer's installed copy has it."""
+def environment(node_modules: Path) -> dict[str, str]:
+    """loadgen.js ``require``s ``ws`` (even ``--lean``, which never uses it): from
+    ``node_modules``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROADCAST_")}
-    modules = str(peer_dir / "node_modules")
+    modules = str(node_modules)
     env["NODE_PATH"] = modules + (os.pathsep + env["NODE_PATH"] if env.get("NODE_PATH") else "")
     return env
 

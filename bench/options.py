@@ -13,6 +13,7 @@ See docs/performance.md.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -112,7 +113,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default=None, help="drive this running server instead of ours")
     p.add_argument("--target-pid", type=int, default=None, help="its PID, for CPU/RSS figures")
     p.add_argument("--no-node", action="store_true", help="skip the Node reference peer")
-    p.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "bench")
+    p.add_argument(
+        "--shared",
+        type=Path,
+        # A checkout's shared/ is beside it; a git worktree elsewhere names it in BENCH_SHARED.
+        default=Path(os.environ.get("BENCH_SHARED") or ROOT.parent / "shared" / "bench"),
+        help="the benchmark kit (default $BENCH_SHARED, else ../shared/bench)",
+    )
     p.add_argument("--peer-dir", type=Path, default=None, help="a prepared peer (npm ci done)")
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--loadgen-core", type=int, default=1)

@@ -103,7 +103,10 @@ class Bench:
                 out.append(("ch-fanout", f"N={n} K={k} {label}", n, args, timeout))
         if "ch-cost" in o.scenarios:
             n = o.ch_others
-            args = [*common, "--ch-publishes", str(o.ch_publishes), "--settle", "30"]
+            args = [
+                *common, "--ch-publishes", str(o.ch_publishes), "--settle", "30",
+                "--ch-settle", "0.5" if o.quick else "1",
+            ]  # fmt: skip
             out.append(("ch-cost", f"others 100 vs {n}", n, args, 120 + 5e-5 * n * n))
         if "ch-memory" in o.scenarios:
             n = o.ch_memory_clients
@@ -165,7 +168,7 @@ class Bench:
                 self.o.shared, self.o.loadgen_core, scenario, url, n, timeout, stats_path,
                 self.token, args, pid,
             )  # fmt: skip
-            env = kit.environment(self.kit_peer())
+            env = kit.environment(self.kit_modules())
         else:
             cmd = [
                 "taskset", "-c", str(self.o.loadgen_core), sys.executable, "-m", "bench.loadgen",
@@ -199,11 +202,16 @@ class Bench:
         self.log_outcome(entry)
         return entry
 
-    def kit_peer(self) -> Path:
-        """The installed copy of the kit's Node peer (loadgen.js loads ``ws`` from it)."""
+    def kit_modules(self) -> Path:
+        """A node_modules with ``ws`` for loadgen.js: the Node peer's installed copy, else the
+        project's own (``scripts/setup --dev`` installs it; ws comes with socket.io-client),
+        else the Node peer's, installed now."""
         if self.peer_dir is None:
+            own = ROOT / "node_modules"
+            if (own / "ws").is_dir():
+                return own
             self.peer_dir = prepare_peer(self.o.shared, self.o.peer_dir)
-        return self.peer_dir
+        return self.peer_dir / "node_modules"
 
     def start_server(
         self, spec: ServerSpec, scenario: str, case: str, entry: dict[str, Any]
