@@ -8,8 +8,9 @@ import jwt
 import pytest
 from pydantic import SecretStr
 
+from broadcast.channels import Grant
 from broadcast.errors import Refused
-from broadcast.identity import Identity
+from broadcast.identity import Identity, Who
 from broadcast.limits import AddressLimit, SessionAdmission
 from broadcast.users import RateLimit, parse_chat_message, parse_username
 
@@ -150,6 +151,57 @@ def test_an_unsigned_token_is_refused() -> None:
     unsigned = jwt.encode({"sub": "alice", "exp": later()}, key=None, algorithm="none")
     with pytest.raises(Refused, match="invalid token"):
         verified().username(None, unsigned)
+
+
+# ---------------------------------------------------------------- grants from tokens
+
+
+def test_a_token_grants_the_channels_of_its_claim() -> None:
+    who = verified().verify(
+        None,
+        token({"sub": "alice", "exp": later(), "channels": ["private:team-1", "user:alice/*"]}),
+    )
+    assert who == Who("alice", Grant.from_claim(["private:team-1", "user:alice/*"]))
+    assert who.grant.allows("user:alice/inbox")
+    assert not who.grant.allows("private:team-2")
+
+
+def test_a_token_without_the_claim_grants_nothing() -> None:
+    who = verified().verify(None, token({"sub": "alice", "exp": later()}))
+    assert who == Who("alice", Grant.NONE)
+    assert verified().verify(None, token({"sub": "bob", "exp": later(), "channels": []})).grant == (
+        Grant.NONE
+    )
+
+
+def test_without_a_token_or_a_secret_nothing_is_granted() -> None:
+    assert verified().verify() == Who(None, Grant.NONE)
+    assert Identity(None, required=False).verify("alice") == Who("alice", Grant.NONE)
+    assert Identity(None, required=False).verify() == Who(None)
+
+
+@pytest.mark.parametrize(
+    ("claim", "why"),
+    [
+        ("private:*", "invalid token: claim 'channels' must be an array"),
+        ({"private:x": True}, "invalid token: claim 'channels' must be an array"),
+        (None, "invalid token: claim 'channels' must be an array .* not null"),
+        ([1], r"invalid token: claim 'channels'\[0\] must be a string"),
+        (["ok", "no spaces"], r"invalid token: claim 'channels'\[1\] 'no spaces': character ' '"),
+        (["x" * 201], "too long"),
+    ],
+)
+def test_a_bad_channels_claim_refuses_the_token(claim: object, why: str) -> None:
+    bad = token({"sub": "alice", "exp": later(), "channels": claim})
+    with pytest.raises(Refused, match=why):
+        verified().verify(None, bad)
+    with pytest.raises(Refused, match=why):
+        verified().username(None, bad)
+
+
+def test_username_is_what_verify_says() -> None:
+    good = token({"sub": "alice", "exp": later(), "channels": ["a"]})
+    assert verified().username(None, good) == verified().verify(None, good).username == "alice"
 
 
 # ---------------------------------------------------------------- Engine.IO session admission

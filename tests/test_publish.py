@@ -374,9 +374,10 @@ JSON = st.recursive(
 BODIES = st.one_of(
     st.binary(max_size=1500),
     JSON.map(lambda v: json.dumps(v).encode()),
-    st.fixed_dictionaries({"event": st.text(max_size=120)}, optional={"data": JSON}).map(
-        lambda v: json.dumps(v).encode()
-    ),
+    st.fixed_dictionaries(
+        {"event": st.text(max_size=120)},
+        optional={"data": JSON, "channel": st.none() | st.text(max_size=210) | JSON},
+    ).map(lambda v: json.dumps(v).encode()),
     st.fixed_dictionaries({"events": st.lists(JSON, max_size=3)}).map(
         lambda v: json.dumps(v).encode()
     ),

@@ -11,6 +11,7 @@ import pytest
 from litestar.exceptions import ValidationException
 from playwright.async_api import Browser, Request, Response, Route, expect
 
+from broadcast.channels import MAX_CHANNEL_LENGTH
 from broadcast.publish import (
     EVENT_NAME_MAX_LENGTH,
     EVENT_NAME_PATTERN,
@@ -136,6 +137,30 @@ async def test_the_schema_documents_the_event_stream_and_the_event_name_rules(
                 and name not in event["not"]["enum"]
             )
             answer = await client.post("/publish", json={"event": name}, headers=AUTH)
+            assert answer.status_code == (202 if allowed else 400), (name, answer.text)
+
+
+async def test_the_schema_documents_the_channel_name_rules(publishing: Server) -> None:
+    async with httpx.AsyncClient(base_url=publishing.url) as client:
+        schema = (await client.get("/schema/openapi.json")).json()
+        request = schema["components"]["schemas"]["PublishRequest"]["properties"]
+        channel = request["channel"]
+        # String keywords constrain strings only: null (everyone) stays valid.
+        assert {option["type"] for option in channel["oneOf"]} == {"string", "null"}
+        assert channel["minLength"] == 1
+        assert channel["maxLength"] == MAX_CHANNEL_LENGTH
+        assert "403" in schema["paths"]["/publish"]["post"]["responses"]
+        pattern = re.compile(channel["pattern"])
+
+        samples = ["post:42", "a+b/c=d@e.f_g-h", "x" * 200, "x" * 201, "", "a b", "é", "a*"]
+        for name in samples:
+            allowed = (
+                channel["minLength"] <= len(name) <= channel["maxLength"]
+                and pattern.search(name) is not None
+            )
+            answer = await client.post(
+                "/publish", json={"event": "news", "channel": name}, headers=AUTH
+            )
             assert answer.status_code == (202 if allowed else 400), (name, answer.text)
 
 

@@ -35,6 +35,8 @@ from tests.support import (
         ("BROADCAST_BROKER_URL", "kafka://x", "unsupported broker scheme 'kafka'"),
         ("BROADCAST_LOG_LEVEL", "loud", "should match pattern"),
         ("BROADCAST_CONFLATION", "10", "unknown setting(s): BROADCAST_CONFLATION"),
+        ("BROADCAST_PRIVATE_CHANNELS", "private:*,team #1", "character ' ' at position 4"),
+        ("BROADCAST_MAX_CHANNELS_PER_CONNECTION", "0", "greater than or equal to 1"),
     ],
 )
 def test_a_bad_setting_stops_startup_with_a_clear_message(

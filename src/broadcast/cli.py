@@ -195,7 +195,10 @@ def _publish(args: argparse.Namespace) -> int:
         data: Any = None if raw is None else json.loads(raw)
     except json.JSONDecodeError as exc:
         return _fail(f"DATA is not valid JSON ({exc}); quote a string as JSON, e.g. '\"hello\"'")
-    body = json.dumps({"event": args.event, "data": data}).encode()
+    fields: dict[str, Any] = {"event": args.event, "data": data}
+    if args.channel is not None:
+        fields["channel"] = args.channel  # the server checks the name, and says what is wrong
+    body = json.dumps(fields).encode()
     request = urllib.request.Request(
         args.url.rstrip("/") + "/publish",
         data=body,
@@ -249,12 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     publish = commands.add_parser(
         "publish",
-        help="publish one event to every client",
-        description="Publish EVENT with DATA (JSON; '-' reads it from standard input) and print "
-        "the event's id.",
+        help="publish one event to every client, or to one channel",
+        description="Publish EVENT with DATA (JSON; '-' reads it from standard input) to every "
+        "client, or with --channel to that channel's subscribers, and print the event's id.",
     )
     publish.add_argument("event", metavar="EVENT")
     publish.add_argument("data", metavar="DATA", nargs="?", help="JSON (default: null)")
+    publish.add_argument(
+        "--channel",
+        metavar="NAME",
+        help="publish to this channel's subscribers only (default: every client); a scoped "
+        "token must name it",
+    )
     publish.add_argument("--url", default="http://127.0.0.1:8000", help="the server")
     publish.add_argument(
         "--token", help="bearer token (default: the first of $BROADCAST_PUBLISH_TOKEN)"

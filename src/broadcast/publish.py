@@ -1,19 +1,16 @@
 """The HTTP publish API: ``POST /publish`` (one event) and ``POST /publish/batch`` (several).
 
 For backends that cannot hold a connection (serverless functions, cron jobs, scripts): one
-request, and every client of every transport receives the event. Order of checks, each answered
-with a JSON error and nothing published: the bearer token (401), the per-token rate (429 with
+request, and every client of every transport receives the event, or, with ``channel``, every
+subscriber of that channel. Order of checks, each answered with a JSON error and nothing
+published: the bearer token (401; ``publish_auth.py``), the per-token rate (429 with
 ``Retry-After``), the body size (413: ``Content-Length`` here, and Litestar while reading), the
 JSON and its shape (400, unknown fields included, so a misspelt field is not silently ignored),
-the event name (400).
+the event name and the channel name (400), the channel against a scoped token's grant (403).
 """
 
 from __future__ import annotations
 
-import hmac
-import logging
-import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -22,10 +19,9 @@ from litestar import Request, Response, Router, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import (
     ClientException,
-    NotAuthorizedException,
+    PermissionDeniedException,
     SerializationException,
     ServiceUnavailableException,
-    TooManyRequestsException,
     ValidationException,
 )
 from litestar.handlers.base import BaseRouteHandler
@@ -34,13 +30,14 @@ from litestar.openapi.spec import Schema
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 from broadcast.broker import Broker, BrokerUnavailable
+from broadcast.channels import CHANNEL_PATTERN, MAX_CHANNEL_LENGTH, parse_channel
 from broadcast.errors import Refused
 from broadcast.events import CHAT_MESSAGE, ERROR, GAP, USER, USER_COUNT, Event
 from broadcast.lone_surrogates import lone_surrogate
+from broadcast.publish_auth import Publisher, authorize, publisher_of
+from broadcast.publish_auth import PublishTokens as PublishTokens  # channels_api.py's import
+from broadcast.publish_auth import publish_tokens as publish_tokens  # app.py's import
 from broadcast.settings import Settings
-from broadcast.users import RateLimit
-
-logger = logging.getLogger(__name__)
 
 EVENT_NAME_MAX_LENGTH = 100
 RESERVED_EVENT_NAMES = frozenset(
@@ -88,11 +85,31 @@ EventName = Annotated[
 ]
 
 
+ChannelName = Annotated[
+    str,
+    # Documentation only, as for EventName: parse_channel says what is wrong.
+    msgspec.Meta(
+        extra_json_schema={
+            "description": "The channel whose subscribers receive the event; absent or null: "
+            f"every client. 1 to {MAX_CHANNEL_LENGTH} ASCII letters, digits and `_ - . : @ / = +`. "
+            "A scoped publish token (claim `publish`) must match it.",
+            "extra": {
+                "minLength": 1,
+                "maxLength": MAX_CHANNEL_LENGTH,
+                "pattern": CHANNEL_PATTERN,
+            },
+        }
+    ),
+]
+
+
 class PublishRequest(msgspec.Struct, forbid_unknown_fields=True):
     event: EventName
     """The event name clients listen for (``socket.on(name)``, SSE ``event: name``)."""
     data: Any = None
     """Any JSON value; clients receive it as is."""
+    channel: ChannelName | None = None
+    """The channel whose subscribers receive the event (``None``: every client)."""
 
 
 class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -122,10 +139,14 @@ def _error(description: str) -> ResponseSpec:
 
 ERROR_RESPONSES = {
     400: _error(
-        "Malformed JSON, a body of the wrong shape, or an invalid event name "
-        "(empty, too long, reserved, or with a line break)"
+        "Malformed JSON, a body of the wrong shape, an invalid event name "
+        "(empty, too long, reserved, or with a line break) or an invalid channel name"
     ),
-    401: _error("Missing or wrong bearer token"),
+    401: _error("Missing or wrong bearer token, or an expired scoped token"),
+    403: _error(
+        "A scoped token (JWT with a `publish` claim) publishing to a channel it does not "
+        "match, or to everyone; or a signed token without a `publish` claim"
+    ),
     413: _error("Body larger than BROADCAST_PUBLISH_MAX_BYTES"),
     429: _error("Too many requests for this token; see the Retry-After header"),
     503: _error("The broker cannot deliver now (e.g. Redis is unreachable); nothing published"),
@@ -145,57 +166,25 @@ def check_event_name(name: str) -> None:
         raise ValidationException(detail=f"event name {name!r} is reserved for the server")
 
 
-def checked_event(request: PublishRequest) -> Event:
-    """The event, once its name is valid and its data can be sent to every client."""
+def checked_event(request: PublishRequest, publisher: Publisher) -> Event:
+    """The event, once its name and channel are valid, the publisher may publish there, and its
+    data can be sent to every client."""
     check_event_name(request.event)
-    event = Event(request.event, request.data)
+    channel = request.channel
+    if channel is not None:
+        try:
+            parse_channel(channel)
+        except Refused as refused:
+            raise ValidationException(detail=str(refused)) from None
+    event = Event(request.event, request.data, channel=channel)
     try:
         event.json_data  # noqa: B018 - encode now: JSON that orjson refuses is a 400, not a crash
     except TypeError as exc:
         raise ValidationException(detail=f"data cannot be sent: {exc}") from None
+    # Last: every 400 (what is wrong with the request) before a 403 (who may not send it).
+    if refusal := publisher.refusal(channel):
+        raise PermissionDeniedException(detail=refusal)
     return event
-
-
-class PublishTokens:
-    """The accepted bearer tokens, each with its own rate limit; compared in constant time."""
-
-    def __init__(self, tokens: Sequence[str], rate: float, burst: int) -> None:
-        self._tokens = [token.encode() for token in tokens]
-        self._limits = [RateLimit(rate, burst) for _ in tokens]
-
-    def check(self, authorization: str | None) -> None:
-        scheme, _, presented = (authorization or "").partition(" ")
-        candidate = presented.strip().encode()
-        matched = None
-        # Compare with every token, so the time taken says nothing about which one is close.
-        for index, token in enumerate(self._tokens):
-            if hmac.compare_digest(candidate, token):
-                matched = index
-        if scheme.lower() != "bearer" or not candidate or matched is None:
-            raise NotAuthorizedException(
-                detail="missing or invalid bearer token",
-                headers={"WWW-Authenticate": 'Bearer realm="publish"'},
-            )
-        try:
-            self._limits[matched].take()
-        except Refused as refused:
-            raise TooManyRequestsException(
-                detail=str(refused),
-                headers={"Retry-After": str(max(1, round(refused.retry_after or 1)))},
-            ) from None
-
-
-def publish_tokens(settings: Settings) -> PublishTokens:
-    tokens = [token.get_secret_value() for token in settings.publish_token]
-    if not tokens:
-        tokens = [secrets.token_urlsafe(32)]
-        # Logged once, here, so it works out of the box; set BROADCAST_PUBLISH_TOKEN to choose.
-        logger.warning(
-            "no BROADCAST_PUBLISH_TOKEN set: publish with 'Authorization: Bearer %s' "
-            "(generated for this process only)",
-            tokens[0],
-        )
-    return PublishTokens(tokens, settings.publish_rate_per_second, settings.publish_burst)
 
 
 def _client_error(_: Request[Any, Any, Any], exc: ClientException) -> Response[dict[str, Any]]:
@@ -222,7 +211,7 @@ async def refuse_lone_surrogates(request: Request[Any, Any, Any]) -> None:
 
 def create_publish_router(settings: Settings, broker: Broker, tokens: PublishTokens) -> Router:
     def authorized(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        tokens.check(connection.headers.get("authorization"))
+        authorize(connection, tokens)
         length = connection.headers.get("content-length", "")
         if length.isdigit() and int(length) > settings.publish_max_bytes:
             raise ClientException(
@@ -234,31 +223,38 @@ def create_publish_router(settings: Settings, broker: Broker, tokens: PublishTok
     @post(
         "/",
         status_code=HTTP_202_ACCEPTED,
-        summary="Publish one event to every client",
+        summary="Publish one event to every client, or to one channel",
         description="Socket.IO clients receive `socket.on(event, data)`; SSE clients receive "
-        "`event:`, `id:` and `data:` (JSON). Needs `Authorization: Bearer <token>`.",
+        "`event:`, `id:` and `data:` (JSON). Without `channel` every client receives it; with "
+        "`channel`, only that channel's subscribers. Needs `Authorization: Bearer <token>`: a "
+        "static token (`BROADCAST_PUBLISH_TOKEN`) publishes anywhere; a scoped token (an HS256 "
+        "JWT signed with `BROADCAST_JWT_SECRET`, with `exp` and a `publish` claim listing "
+        "channel names or glob patterns) only to the channels it matches, never to everyone.",
         responses=ERROR_RESPONSES,
     )
-    async def publish(data: PublishRequest) -> Published:
-        event = checked_event(data)
+    async def publish(request: Request[Any, Any, Any], data: PublishRequest) -> Published:
+        event = checked_event(data, publisher_of(request))
         return Published(id=(await deliver([event]))[0])
 
     @post(
         "/batch",
         status_code=HTTP_202_ACCEPTED,
         summary="Publish several events, in order",
-        description="All events are checked first: one bad event refuses the whole batch.",
+        description="Each event as in `POST /publish`, with its own `channel`. All events are "
+        "checked first (names, channels, the token's grant): one bad event refuses the whole "
+        "batch, and the error says which (`events[2]: ...`).",
         responses=ERROR_RESPONSES,
     )
-    async def publish_batch(data: BatchRequest) -> BatchPublished:
+    async def publish_batch(request: Request[Any, Any, Any], data: BatchRequest) -> BatchPublished:
         if not data.events:
             raise ValidationException(detail="events must not be empty")
+        publisher = publisher_of(request)
         events = []
-        for index, request in enumerate(data.events):
+        for index, item in enumerate(data.events):
             try:
-                events.append(checked_event(request))
-            except ValidationException as exc:
-                raise ValidationException(detail=f"events[{index}]: {exc.detail}") from None
+                events.append(checked_event(item, publisher))
+            except (ValidationException, PermissionDeniedException) as exc:
+                raise type(exc)(detail=f"events[{index}]: {exc.detail}") from None
         return BatchPublished(ids=await deliver(events))
 
     async def deliver(events: list[Event]) -> list[str]:

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from broadcast.channels import parse_pattern
+
 SUPPORTED_BROKER_SCHEMES = ("memory", "redis", "rediss", "unix")
 SECRET_SETTINGS = frozenset({"publish_token", "jwt_secret"})
 
@@ -119,6 +121,13 @@ class Settings(BaseSettings):
     publish_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 400
     """Publish requests one token may make at once before the rate applies."""
 
+    private_channels: Annotated[tuple[str, ...], NoDecode] = ("private:*",)
+    """Channels a client may subscribe to only when its token grants them (claim ``channels``):
+    glob patterns, comma-separated; empty: no private channels."""
+
+    max_channels_per_connection: Annotated[int, Field(ge=1, le=100_000)] = 100
+    """Channels one connection may subscribe to at once."""
+
     jwt_secret: SecretStr | None = None
     """When set, clients may prove who they are with an HS256 JWT (``sub`` is the username)."""
 
@@ -134,7 +143,9 @@ class Settings(BaseSettings):
 
     log_level: Annotated[str, Field(pattern=r"(?i)^(debug|info|warning|error|critical)$")] = "info"
 
-    @field_validator("cors_origins", "publish_token", "socketio_transports", mode="before")
+    @field_validator(
+        "cors_origins", "publish_token", "socketio_transports", "private_channels", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -155,6 +166,13 @@ class Settings(BaseSettings):
         if unknown or not transports:
             raise ValueError("use polling, websocket, or both (comma-separated)")
         return transports
+
+    @field_validator("private_channels")
+    @classmethod
+    def _valid_patterns(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in patterns:
+            parse_pattern(pattern)  # its Refused is a ValueError: named in the message
+        return patterns
 
     @field_validator("presence_heartbeat_seconds")
     @classmethod
