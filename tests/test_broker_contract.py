@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import orjson
 import pytest
+import redis as sync_redis
+import redis.asyncio as aioredis
 
 from broadcast.broker import Backend, PresenceBackend, create_backends
-from broadcast.broker.redis import RedisBackend
+from broadcast.broker.redis import LOG_PREFIX, SEQUENCE_KEY, RedisBackend
+from broadcast.broker.redis_topics import EVENT_CHANNEL_PREFIX
 from broadcast.events import Event, EventId, parse_event_id
 from broadcast.settings import Settings
 from broadcast.supervisor import Supervisor
@@ -99,12 +104,23 @@ async def test_a_published_event_is_delivered_once_with_its_id(
     assert two == (one.epoch, one.offset + 1), "offsets order the events of one epoch"
 
 
-async def test_channels_are_kept_apart(make_node: Callable[[], object]) -> None:
+async def test_topics_are_kept_apart_and_share_one_sequence(
+    make_node: Callable[[], object],
+) -> None:
     node: Node = await make_node()  # type: ignore[misc]
-    await node.backend.publish("a", Event("x", 1))
-    await node.backend.publish("b", Event("x", 2))
-    await until(lambda: len(node.delivered) == 2, 5, "both events")
-    assert sorted((c, e.data) for c, e in node.delivered) == [("a", 1), ("b", 2)]
+    await node.backend.listen("a")
+    await node.backend.listen("b")
+    ids = [
+        parse_event_id(await node.backend.publish(topic, Event("x", n)))
+        for n, topic in enumerate(["a", "b", "global", "a"])
+    ]
+    await until(lambda: len(node.delivered) == 4, 5, "every event")
+    assert [(c, e.data) for c, e in node.delivered] == [("a", 0), ("b", 1), ("global", 2), ("a", 3)]
+    first = ids[0]
+    assert first is not None
+    assert ids == [EventId(first.epoch, first.offset + n) for n in range(4)], (
+        "one sequence: every publish, whatever its topic, takes the next offset"
+    )
 
 
 async def test_a_lone_node_hears_no_other(make_node: Callable[[], object]) -> None:
@@ -162,15 +178,15 @@ async def publish(node: Node, data: object, channel: str = "global") -> EventId:
 async def test_history_replays_what_came_after_an_id(make_node: Callable[[], object]) -> None:
     node: Node = await make_node()  # type: ignore[misc]
     ids = [await publish(node, i) for i in range(5)]
-    history = await node.backend.history("global", ids[1])
+    history = await node.backend.history(["global"], ids[1])
     assert [data(e) for e in history.events] == [2, 3, 4]
     assert [e.id for e in history.events] == [str(i) for i in ids[2:]]
     assert history.complete
     assert history.oldest_id == str(ids[0])
-    assert (await node.backend.history("global", ids[-1])).events == []
-    assert (await node.backend.history("global", ids[-1])).complete
-    other = await node.backend.history("other", ids[0])
-    assert (other.events, other.complete) == ([], False), "another channel, another stream"
+    assert (await node.backend.history(["global"], ids[-1])).events == []
+    assert (await node.backend.history(["global"], ids[-1])).complete
+    other = await node.backend.history(["other"], ids[0])
+    assert (other.events, other.complete) == ([], True), "one sequence: nothing missed there"
 
 
 async def test_a_position_not_of_this_stream_replays_nothing(
@@ -184,7 +200,7 @@ async def test_a_position_not_of_this_stream_replays_nothing(
         EventId(ids[0].epoch, ids[-1].offset + 1),  # not given yet
         None,  # not an id at all
     ):
-        history = await node.backend.history("global", position)
+        history = await node.backend.history(["global"], position)
         assert (history.events, history.complete) == ([], False), position
         assert history.oldest_id == str(ids[0]), "the gap notice says what is held"
 
@@ -200,10 +216,10 @@ async def test_redis_losing_its_data_starts_a_new_epoch(
     new = [await publish(node, i) for i in range(3, 8)]
     assert new[0].epoch != old[0].epoch
     assert [p.offset for p in new] == [1, 2, 3, 4, 5], "offsets count the new epoch afresh"
-    history = await node.backend.history("global", old[-1])
+    history = await node.backend.history(["global"], old[-1])
     assert (history.events, history.complete) == ([], False), "never the new epoch's events"
     assert history.oldest_id == str(new[0])
-    assert [data(e) for e in (await node.backend.history("global", new[1])).events] == [5, 6, 7]
+    assert [data(e) for e in (await node.backend.history(["global"], new[1])).events] == [5, 6, 7]
 
 
 async def test_a_new_backend_is_a_new_epoch(make_node: Callable[[], object]) -> None:
@@ -214,7 +230,7 @@ async def test_a_new_backend_is_a_new_epoch(make_node: Callable[[], object]) -> 
     # In-process: a restart loses the stream. Redis: the nodes share one.
     same = isinstance(one.backend, RedisBackend)
     assert (second.epoch == first.epoch) == same
-    history = await two.backend.history("global", first)
+    history = await two.backend.history(["global"], first)
     assert [data(e) for e in history.events] == ([1] if same else [])
     assert history.complete == same
 
@@ -223,22 +239,22 @@ async def test_a_new_backend_is_a_new_epoch(make_node: Callable[[], object]) -> 
 async def test_history_is_bounded_by_bytes(make_node: Callable[[], object]) -> None:
     node: Node = await make_node()  # type: ignore[misc]
     ids = [await publish(node, {"n": i, "pad": "x" * 2_000}) for i in range(20)]
-    history = await node.backend.history("global", ids[0])
+    history = await node.backend.history(["global"], ids[0])
     assert not history.complete, "the oldest events went to keep within the bound"
     held = [data(e)["n"] for e in history.events]  # type: ignore[index]
     assert 2 <= len(held) <= 5, held
     assert held == list(range(20 - len(held), 20)), "the newest are kept, in order"
     assert history.oldest_id == history.events[0].id
-    assert (await node.backend.history("global", ids[-len(held) - 1])).complete
+    assert (await node.backend.history(["global"], ids[-len(held) - 1])).complete
 
     # One event over the bound alone is not kept at all (the bound holds), and says so.
     big = await publish(node, "x" * 20_000)
-    after = await node.backend.history("global", ids[-1])
+    after = await node.backend.history(["global"], ids[-1])
     assert (after.events, after.complete, after.oldest_id) == ([], False, None)
-    assert (await node.backend.history("global", big)).complete
+    assert (await node.backend.history(["global"], big)).complete
     # and the history takes events again after it
     await publish(node, "small")
-    assert [data(e) for e in (await node.backend.history("global", big)).events] == ["small"]
+    assert [data(e) for e in (await node.backend.history(["global"], big)).events] == ["small"]
 
 
 @pytest.mark.history_size(3)
@@ -247,16 +263,228 @@ async def test_history_is_bounded_and_says_when_events_are_missing(
 ) -> None:
     node: Node = await make_node()  # type: ignore[misc]
     ids = [await publish(node, i) for i in range(20)]
-    history = await node.backend.history("global", ids[0])
+    history = await node.backend.history(["global"], ids[0])
     assert not history.complete, "events after the id are no longer held"
     assert [data(e) for e in history.events] == [17, 18, 19]
 
     # Events older than the age limit (1 s here) are not replayed either.
     async def aged() -> bool:
-        return not (await node.backend.history("global", ids[-2])).events
+        return not (await node.backend.history(["global"], ids[-2])).events
 
     deadline = asyncio.get_running_loop().time() + 5
     while not await aged():
         assert asyncio.get_running_loop().time() < deadline, "events never aged out"
         await asyncio.sleep(0.05)  # polling a condition, with a deadline
-    assert not (await node.backend.history("global", ids[-2])).complete
+    assert not (await node.backend.history(["global"], ids[-2])).complete
+
+
+async def test_history_merges_topics_in_offset_order(make_node: Callable[[], object]) -> None:
+    node: Node = await make_node()  # type: ignore[misc]
+    topics = ["global", "channel:a", "channel:b", "channel:a", "global", "channel:b", "global"]
+    ids = [await publish(node, n, topic) for n, topic in enumerate(topics)]
+    history = await node.backend.history(["channel:a", "global", "channel:a"], ids[0])
+    assert [data(e) for e in history.events] == [1, 3, 4, 6], "in offset order, each once"
+    assert [e.id for e in history.events] == [str(ids[n]) for n in (1, 3, 4, 6)]
+    assert [e.channel for e in history.events] == ["a", "a", None, None]
+    assert history.complete
+    assert history.oldest_id == str(ids[0])
+    assert (await node.backend.history(["channel:b"], ids[0])).oldest_id == str(ids[2])
+    every = await node.backend.history(["global", "channel:a", "channel:b"], ids[2])
+    assert [data(e) for e in every.events] == [3, 4, 5, 6]
+
+
+@pytest.mark.history_size(3)
+async def test_a_busy_topic_does_not_evict_a_quiet_ones_events(
+    make_node: Callable[[], object],
+) -> None:
+    node: Node = await make_node()  # type: ignore[misc]
+    start = await publish(node, "start")
+    quiet = await publish(node, "quiet", "channel:quiet")
+    busy = [await publish(node, n, "channel:busy") for n in range(20)]
+    history = await node.backend.history(["channel:quiet"], start)
+    assert [data(e) for e in history.events] == ["quiet"], "kept: the busy topic has its own"
+    assert history.complete
+    both = await node.backend.history(["channel:quiet", "channel:busy"], start)
+    assert [data(e) for e in both.events] == ["quiet", 17, 18, 19]
+    assert not both.complete, "the busy topic evicted some after that position"
+    assert both.oldest_id == str(quiet)
+    # Complete again from the highest offset the busy topic evicted on.
+    assert (await node.backend.history(["channel:quiet", "channel:busy"], busy[16])).complete
+    assert not (await node.backend.history(["channel:busy"], busy[15])).complete
+
+
+async def test_a_quiet_topics_aged_events_count_as_missing(
+    make_node: Callable[[], object],
+) -> None:
+    node: Node = await make_node()  # type: ignore[misc]
+    start = await publish(node, "start")
+    await publish(node, "quiet", "channel:quiet")
+
+    async def aged() -> bool:
+        return not (await node.backend.history(["channel:quiet"], start)).events
+
+    deadline = asyncio.get_running_loop().time() + 5
+    while not await aged():  # the age limit is 1 s here
+        assert asyncio.get_running_loop().time() < deadline, "events never aged out"
+        await asyncio.sleep(0.05)  # polling a condition, with a deadline
+    later = await publish(node, "later")  # in process: forgets the quiet topic's history
+    history = await node.backend.history(["channel:quiet", "global"], start)
+    assert [data(e) for e in history.events] == ["later"]
+    assert not history.complete, "the quiet topic's event is missing"
+    assert history.oldest_id == str(later)
+    assert (await node.backend.history(["channel:quiet", "channel:new"], later)).complete
+
+
+@pytest.mark.parametrize("make_node", ["redis"], indirect=True)
+async def test_a_topics_stream_expires_and_its_loss_is_seen(
+    make_node: Callable[[], object], request: pytest.FixtureRequest
+) -> None:
+    node: Node = await make_node()  # type: ignore[misc]
+    start = await publish(node, "start")
+    lost = [await publish(node, n, "channel:a") for n in range(2)]
+    redis: RedisServer = request.getfixturevalue("redis")
+    client = aioredis.Redis.from_url(redis.url)
+    try:
+        # Set to expire a little after its events are too old to replay (1 s here).
+        assert 1000 < await client.pttl(LOG_PREFIX + "channel:a") <= 1000 + 5000
+        await client.delete(LOG_PREFIX + "channel:a")  # as its expiry would
+    finally:
+        await client.aclose()
+    history = await node.backend.history(["channel:a", "global"], start)
+    assert (history.events, history.complete) == ([], False), "its newest event went"
+    assert (await node.backend.history(["channel:a"], lost[-1])).complete
+    after = await publish(node, "after", "channel:a")
+    history = await node.backend.history(["channel:a"], start)
+    assert [data(e) for e in history.events] == ["after"]
+    assert not history.complete, "what the stream held before is missing"
+    assert history.oldest_id == str(after)
+    assert (await node.backend.history(["channel:a"], lost[-1])).complete
+
+
+@pytest.mark.parametrize("make_node", ["redis"], indirect=True)
+async def test_losing_the_sequence_wipes_a_topics_older_history(
+    make_node: Callable[[], object], request: pytest.FixtureRequest
+) -> None:
+    node: Node = await make_node()  # type: ignore[misc]
+    old = [await publish(node, n, "channel:a") for n in range(3)]
+    redis: RedisServer = request.getfixturevalue("redis")
+    client = aioredis.Redis.from_url(redis.url)
+    try:
+        await client.delete(SEQUENCE_KEY)  # as an eviction of that key alone would
+    finally:
+        await client.aclose()
+    new = await publish(node, "new", "global")
+    assert new.epoch != old[0].epoch
+    assert new.offset == 1
+    history = await node.backend.history(["channel:a", "global"], EventId(new.epoch, 0))
+    assert [data(e) for e in history.events] == ["new"], "never the old epoch's events"
+    assert history.complete
+    assert history.oldest_id == str(new)
+    again = await publish(node, "again", "channel:a")  # wipes its old history
+    history = await node.backend.history(["channel:a"], EventId(new.epoch, 0))
+    assert [data(e) for e in history.events] == ["again"]
+    assert history.complete
+    assert history.oldest_id == str(again)
+    assert (await node.backend.history(["channel:a"], old[0])).events == []
+
+
+@pytest.mark.parametrize("make_node", ["redis"], indirect=True)
+async def test_a_node_receives_only_the_topics_it_listens_to(
+    make_node: Callable[[], object], request: pytest.FixtureRequest
+) -> None:
+    one: Node = await make_node()  # type: ignore[misc]
+    two: Node = await make_node()  # type: ignore[misc]
+    await one.backend.listen("channel:a")
+    # Published right after ``listen`` returned, from another node: it arrives.
+    await two.backend.publish("channel:a", Event("n", 1))
+    await two.backend.publish("channel:b", Event("n", 2))
+    await two.backend.publish("global", Event("n", 3))
+    # One connection delivers in order: once the last is in, "channel:b"'s would be too.
+    await until(lambda: len(one.delivered) >= 2, 5, "the events of a and global")
+    assert [(c, e.data) for c, e in one.delivered] == [("channel:a", 1), ("global", 3)]
+    assert [c for c, _ in two.delivered] == ["global"], "two listens to everyone's only"
+
+    await one.backend.unlisten("channel:a")
+    await one.backend.unlisten("global")  # everyone's events are always listened to
+    # (unlisten does not wait: events already under way may still arrive)
+    url = request.getfixturevalue("redis").url
+    expected = {"channel:a": 0, "global": 2}
+    await until(lambda: subscribers(url, expected) == expected, 5, "the unsubscription")
+    await two.backend.publish("channel:a", Event("n", 4))
+    await two.backend.publish("global", Event("n", 5))
+    await until(lambda: len(one.delivered) >= 3, 5, "the event to everyone")
+    assert [e.data for _, e in one.delivered] == [1, 3, 5]
+
+
+async def test_listening_to_100_000_topics(redis: RedisServer) -> None:
+    one, two = RedisBackend(redis.url, 0.2), RedisBackend(redis.url, 0.2)
+    async with started(one) as delivered, started(two):
+        began = time.monotonic()
+        await asyncio.gather(*(one.listen(f"channel:{n}") for n in range(100_000)))
+        took = time.monotonic() - began
+        # One SUBSCRIBE for them all, but 100,000 confirmations to read: redis-py's Python
+        # parser takes about 55 us each (a few seconds); with hiredis installed, a fifth of it.
+        assert took < 20, f"100,000 listens took {took:.1f} s"
+        await two.publish("channel:99999", Event("n", "last"))
+        await until(lambda: len(delivered) == 1, 5, "the event of the last topic")
+        await one.unlisten("channel:99999")
+        gone = {"channel:99999": 0, "channel:0": 1}
+        await until(lambda: subscribers(redis.url, gone) == gone, 10, "the unsubscription")
+        await two.publish("channel:99999", Event("n", "unheard"))
+        await two.publish("channel:0", Event("n", "first"))
+        await until(lambda: len(delivered) == 2, 5, "the event of the first topic")
+        assert [e.data for _, e in delivered] == ["last", "first"]
+
+
+async def test_listening_survives_reconnections(own_redis: RedisServer) -> None:
+    one, two = RedisBackend(own_redis.url, 0.2), RedisBackend(own_redis.url, 0.2)
+    async with started(one) as delivered, started(two):
+        await one.listen("channel:before")
+        own_redis.stop()
+        await until(lambda: one.unavailable_reason is not None, 15, "the outage to be seen")
+        # While disconnected, listen returns at once: the reconnection subscribes.
+        await asyncio.wait_for(one.listen("channel:during"), 1)
+        own_redis.start()
+        # Healthy again only once every listened topic is subscribed again.
+        await until(lambda: one.unavailable_reason is None, 10, "one to reconnect")
+        await until(lambda: two.unavailable_reason is None, 10, "two to reconnect")
+        for topic in ("channel:before", "channel:during", "channel:unheard", "global"):
+            await two.publish(topic, Event("n", topic))
+        await until(lambda: len(delivered) == 3, 5, "the listened topics' events")
+        assert [c for c, _ in delivered] == ["channel:before", "channel:during", "global"]
+
+        # A subscription cut by Redis (CLIENT KILL) comes back with them too.
+        client = aioredis.Redis.from_url(own_redis.url)
+        try:
+            await client.client_kill_filter(_type="pubsub")
+        finally:
+            await client.aclose()
+        await one.listen("channel:after")
+        await until(lambda: one.unavailable_reason is None, 10, "one to reconnect")
+        expected = {"channel:before": 1, "channel:after": 1, "global": 2}
+        await until(lambda: subscribers(own_redis.url, expected) == expected, 10, "subscriptions")
+        for topic in ("channel:before", "channel:after", "global"):
+            await two.publish(topic, Event("n", topic))
+        await until(lambda: len(delivered) == 6, 5, "the listened topics' events")
+        assert [c for c, _ in delivered[3:]] == ["channel:before", "channel:after", "global"]
+
+
+@contextlib.asynccontextmanager
+async def started(backend: RedisBackend) -> AsyncIterator[list[tuple[str, Event]]]:
+    """``backend`` running (connected), and the list of what it delivers."""
+    delivered: list[tuple[str, Event]] = []
+    supervisor = Supervisor()
+    await backend.start(lambda topic, event: delivered.append((topic, event)), supervisor)
+    try:
+        await until(lambda: backend.unavailable_reason is None, 5, "the backend to connect")
+        yield delivered
+    finally:
+        await backend.stop()
+        await supervisor.stop()
+
+
+def subscribers(url: str, topics: dict[str, int]) -> dict[str, int]:
+    """How many connections subscribe to each of ``topics``' channels (``PUBSUB NUMSUB``)."""
+    with sync_redis.Redis.from_url(url) as client:
+        counts = client.pubsub_numsub(*(EVENT_CHANNEL_PREFIX + topic for topic in topics))
+    return {topic: count for topic, (_, count) in zip(topics, counts, strict=True)}

@@ -136,10 +136,7 @@ def create_app(settings: Settings) -> BroadcastApp:
     channel_presence = ChannelPresence(
         broker, presence_backend, settings.count_conflation_ms / 1000, metrics
     )
-    policy = ChannelPolicy(
-        getattr(settings, "private_channels", ("private:*",)),
-        getattr(settings, "max_channels_per_connection", 100),
-    )
+    policy = ChannelPolicy(settings.private_channels, settings.max_channels_per_connection)
     sessions = Sessions(
         broker, presence, identity, settings.client_buffer_bytes, channel_presence, policy
     )

@@ -16,7 +16,7 @@ from litestar.params import Parameter
 from broadcast.broker import PresenceBackend
 from broadcast.channels import parse_channel
 from broadcast.errors import Refused
-from broadcast.publish import PublishTokens
+from broadcast.publish_auth import PublishTokens
 
 MAX_PAGE = 1000
 

@@ -93,10 +93,11 @@ _EVENT_ID = re.compile(r"([0-9a-z]{1,16}):(0|[1-9][0-9]{0,15})")
 
 
 class EventId(NamedTuple):
-    """Where an event stands in its channel's stream: ``offset`` counts the events of one
-    incarnation (``epoch``) of the stream, from 1. A new epoch begins whenever the stream's
-    state is lost (an in-process server restarts, Redis loses its data): offsets of two epochs
-    are never compared."""
+    """Where an event stands among every event of the service: ``offset`` counts the events of
+    every channel (and those to everyone) in one sequence, from 1, within one incarnation
+    (``epoch``) of it, so one id says where a client of several channels stands. A new epoch
+    begins whenever the sequence's state is lost (an in-process server restarts, Redis loses
+    its data): offsets of two epochs are never compared."""
 
     epoch: str
     offset: int

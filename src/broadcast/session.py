@@ -19,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from broadcast.broker import Broker, BrokerUnavailable
+from broadcast.broker import Broker
 from broadcast.channel_presence import ChannelPresence
 from broadcast.channels import ChannelPolicy, Grant
 from broadcast.errors import Refused
 from broadcast.events import Event
 from broadcast.eviction import Evicted
-from broadcast.identity import Identity
+from broadcast.identity import Identity, Who
 from broadcast.presence import Presence
 from broadcast.replay import Missed, ReplayFilter, missed_since, replay_budget
 
@@ -103,10 +103,11 @@ class Sessions:
         self._replay_budget = replay_budget(buffer_bytes)
         self._refused = broker.metrics.refused.labels("connect")
 
-    def identify(self, declared: object, token: object) -> str | None:
-        """The client's username (``None``: anonymous), or ``Refused`` saying why, counted."""
+    def identify(self, declared: object, token: object) -> Who:
+        """Who the client is (its username, ``None``: anonymous; the private channels its token
+        grants), or ``Refused`` saying why, counted."""
         try:
-            return self._identity.username(declared, token)
+            return self._identity.verify(declared, token)
         except Refused:
             self._refused.inc()
             raise
@@ -147,14 +148,10 @@ class Sessions:
 
     async def listen(self, names: list[str]) -> None:
         """Receive the events of ``names`` on this node before a subscription to them is
-        acknowledged; ``Refused`` when the broker cannot now."""
-        for name in names:
-            if name not in self.channel_presence.local:
-                self._unlisten.discard(name)
-                try:
-                    await self._broker.listen(name)
-                except BrokerUnavailable as exc:
-                    raise Refused(f"cannot subscribe now: {exc}") from None
+        acknowledged (the backend asks for all of them at once)."""
+        new = [name for name in names if name not in self.channel_presence.local]
+        self._unlisten.difference_update(new)
+        await asyncio.gather(*(self._broker.listen(name) for name in new))
 
     def add_channels(self, client: Client, names: list[str]) -> list[str]:
         """Subscribe ``client`` to ``names`` (checked, listened to); the channels whose new

@@ -4,11 +4,19 @@ A ``Backend`` moves published events between processes and hands every event, it
 to the ``deliver`` callback exactly once; it never sees clients. A ``PresenceBackend`` shares
 this node's connection count with the other nodes and reports the sum of theirs. The hub
 (``hub.py``) does the in-process fan-out to subscribers.
+
+Positions: one id sequence per deployment, retention per topic. A client reads several topics at
+once (everyone's and its channels') and resumes with one last id, so every publish, whatever its
+topic, takes the next offset of one sequence (one epoch: per process in memory, shared in Redis),
+and ids of different topics compare. Each topic keeps its own bounded history, so a busy channel
+never pushes a quiet one's events out; a topic remembers the highest offset it evicted, which
+says whether it still holds everything after a position (its offsets are not consecutive).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import heapq
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,16 +52,17 @@ class BrokerUnavailable(Exception):
 
 @dataclass(frozen=True)
 class History:
-    """What a backend still holds of a channel after a given position."""
+    """What a backend still holds of some topics after a given position."""
 
     events: list[Event]
-    """The events after that position, oldest first; none when the position is not one of this
-    stream's (another epoch, an offset not given yet, or no position at all)."""
+    """The events of those topics after that position, merged in offset order; none when the
+    position is not one of this sequence's (another epoch, an offset not given yet, or no
+    position at all)."""
     complete: bool
-    """False when some events after that position are no longer held (too old, too many or too
-    large since), or when the position is not one of this stream's."""
+    """False when some events of those topics after that position are no longer held (too old,
+    too many or too large since), or when the position is not one of this sequence's."""
     oldest_id: str | None
-    """The oldest event still held (``None`` when none is)."""
+    """The oldest event still held among those topics (``None`` when none is)."""
 
 
 class Backend(Protocol):
@@ -70,17 +79,24 @@ class Backend(Protocol):
     async def stop(self) -> None:
         """Disconnect; no event is delivered afterwards."""
 
-    async def publish(self, channel: str, event: Event) -> str:
-        """Give ``event`` its id, send it to every process (this one included) on ``channel``,
-        keep it in the channel's bounded history, and return the id; ``BrokerUnavailable`` when
-        it cannot. Ids are ``EventId`` strings, ``<epoch>:<offset>``: offsets count a channel's
-        events from 1 within one epoch, and a channel whose state is lost (a restart, Redis
-        losing its data) starts a new epoch."""
+    async def publish(self, topic: str, event: Event) -> str:
+        """Give ``event`` its id, send it on ``topic`` to every process that listens to it (this
+        one included), keep it in the topic's bounded history, and return the id;
+        ``BrokerUnavailable`` when it cannot. Ids are ``EventId`` strings, ``<epoch>:<offset>``:
+        offsets count every event of every topic from 1 within one epoch (one sequence), and a
+        sequence whose state is lost (a restart, Redis losing its data) starts a new epoch."""
 
-    async def history(self, channel: str, after: EventId | None) -> History:
-        """The events of ``channel`` after position ``after`` still held (``None``: a position
-        that is not one of this stream's); ``BrokerUnavailable`` when the backend cannot be
-        asked now."""
+    async def history(self, topics: Sequence[str], after: EventId | None) -> History:
+        """The events of any of ``topics`` after position ``after`` still held, in offset order
+        (``None``: a position that is not one of this sequence's); ``BrokerUnavailable`` when
+        the backend cannot be asked now."""
+
+    async def listen(self, topic: str) -> None:
+        """Receive ``topic``'s events from now on (``EVERYONE``'s always are); returns once they
+        will be delivered, or at once while disconnected (reconnecting listens again)."""
+
+    async def unlisten(self, topic: str) -> None:
+        """Stop receiving ``topic``'s events (some already under way may still arrive)."""
 
 
 class PresenceBackend(Protocol):
@@ -106,8 +122,13 @@ class PresenceBackend(Protocol):
         """Remove this node's share at once (a clean shutdown)."""
 
 
-def complete_after(first_held: int | None, after: int, last: int) -> bool:
-    """Offsets count every event of an epoch: nothing after offset ``after`` is missing when the
-    first event held after it is the very next one (``first_held``, ``None`` when none is held
-    after it), or when nothing was published since (``last``: the newest offset given)."""
-    return first_held == after + 1 if first_held is not None else last <= after
+def held_in_full(after: int, highest_evicted: Iterable[int]) -> bool:
+    """Whether topics still hold every event they had after offset ``after``: a history evicts
+    oldest first, so it does when the highest offset it ever evicted is not after ``after``.
+    (Offsets count every topic's events: "the first held is ``after + 1``" says nothing.)"""
+    return all(evicted <= after for evicted in highest_evicted)
+
+
+def merge_by_offset(per_topic: Iterable[list[tuple[int, Event]]]) -> list[Event]:
+    """The events of several topics' histories (each oldest first) in one offset order."""
+    return [event for _, event in heapq.merge(*per_topic, key=lambda held: held[0])]

@@ -61,10 +61,9 @@ class Broker:
         return await self.backend.publish(topic(event.channel), event)
 
     async def history(self, after: EventId | None, channels: Sequence[str | None]) -> History:
-        """The events of ``channels`` (``None``: those to everyone) after position ``after``
-        that are still held, in order."""
-        # TEMPORARY until the backends take several topics (the backends branch).
-        return await self.backend.history(topic(channels[0]), after)
+        """The events of any of ``channels`` (``None``: those to everyone) after position
+        ``after`` that are still held, in id order (one id sequence spans every channel)."""
+        return await self.backend.history([topic(channel) for channel in channels], after)
 
     def publish_soon(self, event: Event) -> None:
         """``publish`` from code that cannot wait; events go out in the order given."""
@@ -95,12 +94,16 @@ class Broker:
 
     async def listen(self, channel: str) -> None:
         """This node has subscribers of ``channel`` now: receive its events (the transports'
-        pumps get them from here on)."""
+        pumps get them from here on). Returns once the backend will deliver them: an event
+        published afterwards reaches this node. Calls made together go to Redis as one command
+        (gather them)."""
         self.hub.listening.add(topic(channel))
+        await self.backend.listen(topic(channel))
 
     async def unlisten(self, channel: str) -> None:
         """This node's last subscriber of ``channel`` left: its events need not come here."""
         self.hub.listening.discard(topic(channel))
+        await self.backend.unlisten(topic(channel))
 
     async def _send_outbox(self) -> None:
         while True:

@@ -1,20 +1,28 @@
 """The in-process backend: the default, with nothing to set up.
 
-Publishing is a direct call to ``deliver``: there is only one process to reach. Ids are
-``<epoch>:<offset>``: an epoch made at start, a counter per channel. The history keeps each event's
-data once, as JSON bytes, within a count, an age and a byte bound. Presence has no other node to
-hear from.
+Publishing is a direct call to ``deliver``: there is only one process to reach, so ``listen``
+has nothing to do (the hub drops topics nobody here subscribes to). Ids are ``<epoch>:<offset>``:
+an epoch made at start, one counter for every topic. Each topic's history keeps each event's data
+once, as JSON bytes, within a count, an age and a byte bound of its own. Presence has no other
+node to hear from.
+
+A topic's history outlives its last event by up to the age bound; then it is forgotten (so that
+a million one-off channels do not stay in memory), and the highest offset any forgotten topic
+reached stands for what every topic without a history may have evicted: a client resuming from
+before it gets a ``gap`` (every event up to it is too old anyway).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
+import itertools
 import logging
 import os
 import tempfile
 import time
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,7 +33,8 @@ from broadcast.broker.base import (
     History,
     RemoteTotalCallback,
     channel_of,
-    complete_after,
+    held_in_full,
+    merge_by_offset,
 )
 from broadcast.events import Event, EventId, new_epoch
 from broadcast.supervisor import Supervisor
@@ -53,15 +62,23 @@ object's header, the deque's slot (about 215 on 64-bit CPython)."""
 
 
 class _Stream:
-    """One channel's offsets and bounded history."""
+    """One topic's bounded history."""
+
+    __slots__ = ("bytes", "evicted", "kept", "last", "last_time")
 
     def __init__(self) -> None:
-        self.last = 0
         self.kept: deque[_Kept] = deque()
         self.bytes = 0
+        self.evicted = 0
+        """The highest offset evicted (0: none)."""
+        self.last = 0
+        """The offset of the topic's newest event, and when it was published."""
+        self.last_time = 0.0
 
     def evict_oldest(self) -> None:
-        self.bytes -= self.kept.popleft().size
+        oldest = self.kept.popleft()
+        self.bytes -= oldest.size
+        self.evicted = oldest.offset
 
 
 class MemoryBackend:
@@ -77,7 +94,13 @@ class MemoryBackend:
         # This process's streams die with it: a new process is a new epoch, so an id from
         # before a restart is never mistaken for one of the new events.
         self.epoch = new_epoch()
-        self._streams: dict[str, _Stream] = {}
+        self._last = 0
+        """The offset of the newest event, whatever its topic."""
+        # By last publish, oldest first: the front is the next to be forgotten.
+        self._streams: OrderedDict[str, _Stream] = OrderedDict()
+        self._forgotten = 0
+        """The highest offset of a forgotten topic: what a topic without a history may have
+        evicted."""
         self._history_size = history_size
         self._history_seconds = history_seconds
         self._history_bytes = history_bytes
@@ -110,22 +133,34 @@ class MemoryBackend:
             return
         self._sibling_lock = descriptor
 
-    async def publish(self, channel: str, event: Event) -> str:
+    async def listen(self, topic: str) -> None:
+        pass
+
+    async def unlisten(self, topic: str) -> None:
+        pass
+
+    async def publish(self, topic: str, event: Event) -> str:
         if self._deliver is None:
             raise RuntimeError("the memory backend is not started")
-        stream = self._streams.get(channel)
+        stream = self._streams.get(topic)
         if stream is None:
-            stream = self._streams[channel] = _Stream()
-        stream.last += 1
-        event_id = str(EventId(self.epoch, stream.last))
+            stream = self._streams[topic] = _Stream()
+            stream.evicted = self._forgotten
+        else:
+            self._streams.move_to_end(topic)
+        self._last += 1
+        now = time.monotonic()
+        stream.last, stream.last_time = self._last, now
+        event_id = str(EventId(self.epoch, self._last))
         event = dataclasses.replace(event, id=event_id)
         # The JSON as exact-size bytes: orjson.dumps's own result keeps its whole working buffer
         # (260 KB for a 30 KB document), and the transports encode from ``json_data`` anyway.
-        kept = _Kept(stream.last, time.monotonic(), event.name, event.json_data.encode())
+        kept = _Kept(self._last, now, event.name, event.json_data.encode())
         stream.kept.append(kept)
         stream.bytes += kept.size
         self._trim(stream)
-        self._deliver(channel, event)
+        self._forget_quiet_topics(now)
+        self._deliver(topic, event)
         return event_id
 
     def _trim(self, stream: _Stream) -> None:
@@ -136,25 +171,49 @@ class MemoryBackend:
         while stream.kept and stream.kept[0].time < oldest_allowed:
             stream.evict_oldest()
 
-    async def history(self, channel: str, after: EventId | None) -> History:
-        stream = self._streams.get(channel) or _Stream()
-        self._trim(stream)
-        oldest = str(EventId(self.epoch, stream.kept[0].offset)) if stream.kept else None
-        if after is None or after.epoch != self.epoch or after.offset > stream.last:
-            return History([], False, oldest)  # not a position of this stream
-        held = [kept for kept in stream.kept if kept.offset > after.offset]
+    def _forget_quiet_topics(self, now: float) -> None:
+        """Drop the histories whose every event is too old (amortised O(1) a publish)."""
+        oldest_allowed = now - self._history_seconds
+        while self._streams:
+            topic, stream = next(iter(self._streams.items()))
+            if stream.last_time >= oldest_allowed:
+                return
+            self._forgotten = max(self._forgotten, stream.last)
+            del self._streams[topic]
+
+    async def history(self, topics: Sequence[str], after: EventId | None) -> History:
+        streams: list[tuple[str, _Stream | None]] = [
+            (topic, self._streams.get(topic)) for topic in dict.fromkeys(topics)
+        ]
+        held = [stream for _, stream in streams if stream is not None]
+        for stream in held:
+            self._trim(stream)
+        firsts = [stream.kept[0].offset for stream in held if stream.kept]
+        oldest = str(EventId(self.epoch, min(firsts))) if firsts else None
+        if after is None or after.epoch != self.epoch or after.offset > self._last:
+            return History([], False, oldest)  # not a position of this sequence
+        evicted = [self._forgotten if stream is None else stream.evicted for _, stream in streams]
         # The data goes out as it is kept, never parsed again: replaying costs no more than
         # copying it.
-        where = channel_of(channel)
-        events = [
-            Event(
-                kept.name, orjson.Fragment(kept.data), str(EventId(self.epoch, kept.offset)), where
-            )
-            for kept in held
+        per_topic = [
+            [(kept.offset, self._event(kept, channel_of(topic))) for kept in newer]
+            for topic, stream in streams
+            if stream is not None and (newer := _after(stream.kept, after.offset))
         ]
-        first = held[0].offset if held else None
-        complete = complete_after(first, after.offset, stream.last)
-        return History(events, complete, oldest)
+        return History(merge_by_offset(per_topic), held_in_full(after.offset, evicted), oldest)
+
+    def _event(self, kept: _Kept, channel: str | None) -> Event:
+        return Event(
+            kept.name, orjson.Fragment(kept.data), str(EventId(self.epoch, kept.offset)), channel
+        )
+
+
+def _after(kept: deque[_Kept], offset: int) -> list[_Kept]:
+    """The events of ``kept`` after ``offset``, oldest first (read from the newest end: a
+    resuming client usually missed few)."""
+    newer = list(itertools.takewhile(lambda held: held.offset > offset, reversed(kept)))
+    newer.reverse()
+    return newer
 
 
 class MemoryPresence:

@@ -43,11 +43,13 @@ _KEEPALIVE = {
 }
 
 
-def connect(url: str) -> aioredis.Redis:
+def connect(url: str, protocol: int | None = None) -> aioredis.Redis:
     """A client whose failures surface (no silent retries), whose commands time out, and whose
-    connections are probed by TCP keepalive, so a dead connection is noticed."""
+    connections are probed by TCP keepalive, so a dead connection is noticed. (``protocol``:
+    RESP 2 or 3, redis-py's default.)"""
     client: aioredis.Redis = aioredis.Redis.from_url(
         url,
+        protocol=protocol,
         socket_connect_timeout=2,
         socket_timeout=5,
         socket_keepalive=True,

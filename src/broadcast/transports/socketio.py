@@ -219,7 +219,7 @@ class SocketIOTransport:
         auth = auth if isinstance(auth, dict) else {}
         address = _address(environ)
         try:
-            username = self._sessions.identify(auth.get("username"), auth.get("token"))
+            who = self._sessions.identify(auth.get("username"), auth.get("token"))
         except Refused as refused:
             raise socketio.exceptions.ConnectionRefusedError(str(refused)) from None
         eio_sid = self._eio_sid(sid)
@@ -228,14 +228,14 @@ class SocketIOTransport:
             client = SocketIOClient(
                 eio_sid,
                 address,
-                username,
+                who.username,
                 resume_from,
                 0,
                 RateLimit(self._settings.chat_rate_per_second, self._settings.chat_burst),
             )
-            channels = self._sessions.check_channels(
-                client, _channels(auth, environ, self._sessions)
-            )
+            client.grant = who.grant
+            asked = _channels(auth, environ, self._sessions)
+            channels = self._sessions.check_channels(client, asked)
             await self._sessions.listen(channels)
         except Refused as refused:
             self._metrics.refused.labels("connect").inc()

@@ -215,13 +215,14 @@ class SSETransport:
                 self._broker.metrics.refused.labels("connect").inc()
                 raise TooManyRequestsException(detail=self._addresses.refusal(address))
             try:
-                name = self._sessions.identify(username, token)
+                who = self._sessions.identify(username, token)
             except Refused as refused:
                 raise ClientException(detail=str(refused)) from None
             # EventSource sends Last-Event-ID by itself when it reconnects; the query parameter
             # is for clients that cannot set headers.
             resume_from = request.headers.get("last-event-id") or last_event_id
-            stream = _Stream(address, name, resume_from)
+            stream = _Stream(address, who.username, resume_from)
+            stream.grant = who.grant
             try:
                 names = parse_channel_list(channel or [], self._sessions.policy.max_per_connection)
                 channels = self._sessions.check_channels(stream, names)
