@@ -78,9 +78,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ch-rate", type=float, default=500.0, help="ch-fanout's paced case: publishes/s (500)"
     )
-    p.add_argument("--ch-others", type=int, default=None, help="ch-cost: others, at most (2000)")
+    p.add_argument("--ch-others", type=int, default=None, help="ch-cost: others, at most (1000)")
     p.add_argument("--ch-publishes", type=int, default=None, help="ch-cost: per burst (1000)")
-    p.add_argument("--ch-memory-clients", type=int, default=None, help="ch-memory (2000)")
+    p.add_argument("--ch-memory-clients", type=int, default=None, help="ch-memory (1000)")
     p.add_argument(
         "--ch-per-client", type=int, default=10, help="ch-memory: channels each, many (10)"
     )
@@ -159,9 +159,9 @@ def resolve(o: argparse.Namespace, p: argparse.ArgumentParser) -> None:
     o.ch_storm_channels = o.ch_storm_channels or max(1, o.ch_clients // 10)
     o.ch_fanout_channels = o.ch_fanout_channels or (20 if q else 50)
     o.ch_events = o.ch_events or (300 if q else 5000 if full else 2000)
-    o.ch_others = o.ch_others or (200 if q else 10000 if full else 2000)
+    o.ch_others = o.ch_others or (200 if q else 10000 if full else 1000)
     o.ch_publishes = o.ch_publishes or (100 if q else 1000)
-    o.ch_memory_clients = o.ch_memory_clients or (200 if q else 10000 if full else 2000)
+    o.ch_memory_clients = o.ch_memory_clients or (200 if q else 10000 if full else 1000)
     env = {}
     for item in o.server_env:
         name, eq, value = item.partition("=")
