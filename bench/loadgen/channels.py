@@ -32,6 +32,7 @@ from bench.loadgen.steps import close_all, connect_phase, kind_for, rss_kb
 from bench.wire import Client, HttpConnection, WsClient, now
 
 COST_CHANNEL = "cost:target"
+BATCH = 100  # events a POST /publish/batch request
 
 
 def other_channels(i: int) -> tuple[str, ...]:
@@ -251,6 +252,7 @@ async def cost_step(run: Run, label: str, got: Deliveries) -> dict[str, Any]:
             if q0 and q1:
                 per_publish.append(cpu_ms(q0, q1) * 1000 / o.ch_publishes)
             wall_ms.append((w1 - w0) * 1000 / o.ch_publishes)
+        per_event = await batch_bursts(run, conn, headers, got, subs, failures)
     finally:
         conn.close()
     if publish_errors:
@@ -263,10 +265,57 @@ async def cost_step(run: Run, label: str, got: Deliveries) -> dict[str, Any]:
         "cpu_us_per_publish": r1(statistics.median(per_publish)) if per_publish else None,
         "bursts_cpu_us_per_publish": [r1(x) for x in per_publish],
         "wall_ms_per_publish": r3(statistics.median(wall_ms)) if wall_ms else None,
+        "batched_cpu_us_per_event": r1(statistics.median(per_event)) if per_event else None,
         "failures": failures,
     }
     run.end_phase(**{k: v for k, v in step.items() if k != "failures"})
     return step
+
+
+async def batch_bursts(
+    run: Run,
+    conn: HttpConnection,
+    headers: dict[str, str],
+    got: Deliveries,
+    subs: int,
+    failures: list[str],
+) -> list[float]:
+    """Bursts of ten times as many events through ``POST /publish/batch``, ``BATCH`` a
+    request: the CPU per event without most of an HTTP request's own cost, which a single
+    publish is mostly made of (so an O(clients) cost of routing shows more sharply). Empty for
+    a server without the endpoint (the Node peer)."""
+    o = run.o
+    n = o.ch_publishes * 10  # ten times as many: each costs far less (10 ms /proc ticks)
+    per_event: list[float] = []
+    for burst in range(o.ch_bursts):
+        before = got.total
+        q0 = read_proc(o.server_pid) or {}
+        for start in range(0, n, BATCH):
+            events = [
+                {
+                    "event": o.event_name,
+                    "data": {"seq": seq, "batch": burst},
+                    "channel": COST_CHANNEL,
+                }
+                for seq in range(start, min(n, start + BATCH))
+            ]
+            status, text = await run.http(
+                "POST", o.publish_path + "/batch", json.dumps({"events": events}).encode(),
+                headers, conn=conn,
+            )  # fmt: skip
+            if status in (404, 405):
+                return []
+            if status not in (200, 201, 202):
+                failures.append(f"batch refused: HTTP {status} {text[:80]!r}")
+                return []
+        await got.wait_for(before + subs * n, o.settle)
+        q1 = read_proc(o.server_pid) or {}
+        if got.total - before != subs * n:
+            failures.append(f"batch burst {burst}: {got.total - before} delivered")
+            break
+        if q0 and q1:
+            per_event.append(cpu_ms(q0, q1) * 1000 / n)
+    return per_event
 
 
 def cpu_ms(before: dict[str, Any], after: dict[str, Any]) -> float:
