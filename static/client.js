@@ -1,4 +1,5 @@
-// The broadcast page: live user count, joins and leaves, and a chat.
+// The broadcast page: live user count, joins and leaves, and a chat; in a room (?channel=, or the
+// room field), also that room's count, joins and leaves, and chat.
 // Socket.IO first; Server-Sent Events when Socket.IO cannot load or connect (or ?transport=sse),
 // which keeps the count and the feeds live but makes the chat read-only (SSE only receives).
 // Everything that comes from the network is shown with textContent, never parsed as HTML.
@@ -18,14 +19,24 @@
     events: $("events"), messages: $("messages"), whoami: $("whoami"),
     chatForm: $("chat-form"), chatInput: $("chat-input"), chatSend: $("chat-send"),
     chatNote: $("chat-note"), nameForm: $("name-form"), nameInput: $("name-input"),
+    chatTo: $("chat-to"), chatToRoom: $("chat-to-room"), roomCount: $("room-count"),
+    roomForm: $("room-form"), roomInput: $("room-input"), roomJoin: $("room-join"),
   };
   const params = new URLSearchParams(location.search);
   let username = initialName(); // "" is anonymous
   let useSse = params.get("transport") === "sse" || typeof io === "undefined";
-  let connection = null; // the live transport: {close(), send(text, done) | null}
+  // The live transport: {close(), send(text, channel, done) | null, changeRoom(next, done) | null}
+  let connection = null;
   // The id of the last event received: every reconnection (either transport) resumes after it,
   // so the server replays what this page missed while it was away.
   let lastEventId = "";
+  // The room (a channel of the server) this page is in; "" for none: the page is then exactly
+  // the classic one (plain-string chat to everyone, no channel at all).
+  let room = params.get("channel") || "";
+  // The room being entered (its subscription not yet acknowledged): its count and its joins
+  // may arrive before the acknowledgement.
+  let entering = "";
+  const roomCounts = new Map(); // the last `channel count` of each channel, by name
 
   // ------------------------------------------------------------------ name
 
@@ -41,8 +52,30 @@
     } catch { /* storage disabled: the name lasts for this page only */ }
     // Keep the address in step, or a reload would bring back an old ?username=.
     if (name) params.set("username", name); else params.delete("username");
+    updateAddress();
+  }
+
+  function updateAddress() {
     const query = params.toString();
     history.replaceState(null, "", query ? `?${query}` : location.pathname);
+  }
+
+  // ------------------------------------------------------------------ room
+
+  // The address keeps ?channel= in step, so a reload (or a shared link) comes back to the room.
+  function setRoom(name) {
+    if (room && room !== name) roomCounts.delete(room);
+    room = name;
+    if (name) params.set("channel", name); else params.delete("channel");
+    updateAddress();
+    showRoom();
+  }
+
+  // Events of a channel are shown only for this page's room (or the one it is entering): those
+  // of a room just left may still be on their way.
+  function inRoom(channel) {
+    return typeof channel === "string" && channel !== ""
+      && (channel === room || channel === entering);
   }
 
   // ------------------------------------------------------------------ rendering
@@ -54,6 +87,24 @@
   // The data-* attributes carry the same values, for styles and tests to select on.
   function showState(state) { ui.state.textContent = ui.state.dataset.state = state; }
   function showTransport(name) { ui.transport.textContent = ui.transport.dataset.transport = name; }
+
+  function showRoom() {
+    const count = roomCounts.get(room);
+    ui.roomCount.hidden = !room;
+    ui.roomCount.textContent = !room ? ""
+      : count === undefined ? `… in ${room}` : `${count} in ${room}`;
+    ui.chatTo.hidden = !room;
+    ui.chatToRoom.textContent = room;
+    if (!room) ui.chatTo.value = "room"; // the next room starts on its own chat again
+    ui.chatInput.placeholder = room && ui.chatTo.value === "room" ? `Say something in ${room}…`
+      : "Say something…";
+  }
+
+  function onChannelCount({ channel, count }) {
+    if (!inRoom(channel)) return; // a room just left: its count no longer matters here
+    roomCounts.set(channel, count);
+    if (channel === room) showRoom();
+  }
 
   function showError(message) {
     ui.error.textContent = message;
@@ -68,12 +119,18 @@
     list.scrollTop = list.scrollHeight;
   }
 
-  function onUser({ username: who, currentUsers, connected }) {
-    append(ui.events, `${who} ${connected ? "joined" : "left"} (${currentUsers} online)`);
+  // A `user` event with a channel is a join or leave of that channel; without, of the server.
+  function onUser({ username: who, currentUsers, connected, channel, count }) {
+    const verb = connected ? "joined" : "left";
+    if (channel === undefined) append(ui.events, `${who} ${verb} (${currentUsers} online)`);
+    else if (inRoom(channel)) {
+      append(ui.events, `${who} ${verb} ${channel} (${count} in ${channel})`);
+    }
   }
 
-  function onChat({ username: who, message }) {
-    append(ui.messages, `${who}: ${message}`);
+  function onChat({ username: who, message, channel }) {
+    if (channel === undefined) append(ui.messages, `${who}: ${message}`);
+    else if (inRoom(channel)) append(ui.messages, `[${channel}] ${who}: ${message}`);
   }
 
   // The server could not replay everything missed while away (too long, or it restarted).
@@ -110,7 +167,13 @@
       : ["polling", "websocket"]; // start on polling, upgrade to websocket when it works
     // auth as a function: the client calls it on every (re)connection, with the latest id.
     // Passing lastEventId (even "") also asks the server for ids: each event's last argument.
-    const auth = (send) => send(username ? { username, lastEventId } : { lastEventId });
+    // The room rides along (as auth.channels) on every connection too, so a reconnection comes
+    // back in the room the page is in by then.
+    const auth = (send) => {
+      const data = username ? { username, lastEventId } : { lastEventId };
+      if (room) data.channels = [room];
+      send(data);
+    };
     const socket = io({ auth, transports, forceNew: true });
     let everConnected = false;
     // A proxy that swallows the handshake shows no error at all: give up on Socket.IO in time.
@@ -132,7 +195,10 @@
       // The server refused us (it will not be retried), rather than the network failing.
       if (!socket.active || err.data !== undefined || /name/i.test(err.message)) {
         clearTimeout(deadline);
-        refused(err.message || "the server refused the connection");
+        const message = err.message || "the server refused the connection";
+        // The server checks the name first: a refusal that speaks of channels is the room's.
+        if (room && /channel/i.test(message)) roomRefused(message);
+        else refused(message);
       } else if (!everConnected) {
         fallBackToSse(`Socket.IO failed: ${err.message}`);
       } else {
@@ -146,25 +212,62 @@
     });
     socket.onAny((event, ...args) => { if (args.length > 1) rememberId(args[args.length - 1]); });
     socket.on("user count", showCount);
+    socket.on("channel count", onChannelCount);
     socket.on("user", onUser);
     socket.on("chat message", onChat);
     socket.on("gap", onGap);
     socket.on("error", (data) => showError((data && data.error) || "the server reported an error"));
 
-    return {
+    const handle = {
       close() {
         clearTimeout(deadline);
         socket.off();
         socket.io.off();
         socket.disconnect();
       },
-      send(text, done) {
-        socket.timeout(ACK_TIMEOUT_MS).emit("chat message", text, (err, ack) => {
+      // To a channel as {channel, message}; to everyone as the plain string, as ever.
+      send(text, channel, done) {
+        const message = channel ? { channel, message: text } : text;
+        socket.timeout(ACK_TIMEOUT_MS).emit("chat message", message, (err, ack) => {
           if (err) done("The message was not delivered (no answer from the server).");
           else done(ack && ack.ok ? null : (ack && ack.error) || "The message was refused.");
         });
       },
+      // Enter `next` ("": no room) while connected: subscribe to it first, and leave the old
+      // room only once the server accepted the new one, so a refused name keeps the page where
+      // it was. While disconnected there is nothing to ask: the reconnection's auth carries it.
+      changeRoom(next, done) {
+        const old = room;
+        const leaveOld = () => {
+          if (old && old !== room) {
+            socket.timeout(ACK_TIMEOUT_MS).emit("unsubscribe", [old], (err, ack) => {
+              if (err || !ack || !ack.ok) console.info(`leaving ${old}:`, err || ack);
+            });
+          }
+          done(null);
+        };
+        if (!socket.connected) {
+          setRoom(next);
+          return done(null);
+        }
+        if (!next) {
+          setRoom("");
+          return leaveOld();
+        }
+        entering = next;
+        socket.timeout(ACK_TIMEOUT_MS).emit("subscribe", [next], (err, ack) => {
+          if (entering === next) entering = "";
+          if (connection !== handle) return; // replaced meanwhile (a new name, a fallback)
+          if (err) return done("The room could not be entered (no answer from the server).");
+          if (!ack || !ack.ok) {
+            return done(`Room refused: ${(ack && ack.error) || "no reason given"}`);
+          }
+          setRoom(next);
+          leaveOld();
+        });
+      },
     };
+    return handle;
   }
 
   function fallBackToSse(why) {
@@ -172,6 +275,14 @@
     console.info(`${why}; falling back to Server-Sent Events`);
     useSse = true;
     connect();
+  }
+
+  // A refused room (at connect: ?channel=, or a reconnection): say why, and go on without it.
+  function roomRefused(message) {
+    showError(`Room refused: ${message}`);
+    setRoom("");
+    connect();
+    ui.roomInput.focus();
   }
 
   // A refused name: say why, and stay connected anonymously (counted, not announced).
@@ -192,12 +303,14 @@
     const query = new URLSearchParams();
     if (username) query.set("username", username);
     if (lastEventId) query.set("lastEventId", lastEventId);
+    if (room) query.set("channel", room); // for the stream's life: a new room is a new stream
     const url = query.toString() ? `/events?${query}` : "/events";
     const source = new EventSource(url);
     let retry = null;
     const handle = {
       close() { clearTimeout(retry); source.close(); },
       send: null, // SSE only receives
+      changeRoom: null, // a stream's channels are fixed: a new room needs a new stream
     };
     showTransport("SSE");
 
@@ -209,6 +322,9 @@
       if (source.readyState === EventSource.CLOSED) {
         explainSseFailure(url).then((problem) => {
           if (connection !== handle) return; // replaced meanwhile (a new name)
+          // The server checks the name first: a refusal that speaks of channels is the room's.
+          if (problem && problem.status >= 400 && problem.status < 500 && room
+              && /channel/i.test(problem.error)) return roomRefused(problem.error);
           if (problem && problem.status === 400 && username) return refused(problem.error);
           if (problem) showError(`Live updates failed: ${problem.error}`);
           retry = setTimeout(connect, SSE_RETRY_MS);
@@ -216,6 +332,7 @@
       }
     });
     source.addEventListener("user count", (e) => showCount(JSON.parse(e.data)));
+    source.addEventListener("channel count", (e) => onChannelCount(JSON.parse(e.data)));
     source.addEventListener("user", (e) => { rememberId(e.lastEventId); onUser(JSON.parse(e.data)); });
     source.addEventListener("chat message", (e) => {
       rememberId(e.lastEventId);
@@ -251,7 +368,8 @@
       return;
     }
     ui.chatSend.disabled = true;
-    connection.send(text, (error) => {
+    const channel = room && ui.chatTo.value === "room" ? room : null;
+    connection.send(text, channel, (error) => {
       showIdentity(); // re-enables the button unless the chat became read-only meanwhile
       showError(error || "");
       if (!error) ui.chatInput.value = ""; // on failure the text stays, to send again
@@ -273,6 +391,28 @@
     connect(); // the server learns a name when a client connects
   });
 
+  ui.roomForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const next = ui.roomInput.value.trim();
+    ui.roomInput.value = next;
+    if (next === room) return;
+    showError("");
+    if (!connection || !connection.changeRoom) { // SSE: a new stream, with the new room
+      setRoom(next);
+      connect();
+      return;
+    }
+    ui.roomJoin.disabled = true;
+    connection.changeRoom(next, (error) => {
+      ui.roomJoin.disabled = false;
+      if (error) showError(error);
+    });
+  });
+
+  ui.chatTo.addEventListener("change", showRoom);
+
   ui.nameInput.value = username;
+  ui.roomInput.value = room;
+  showRoom();
   connect();
 })();

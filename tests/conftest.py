@@ -1,13 +1,20 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Error,
+    async_playwright,
+)
 
+from tests.browser import OpenTab, Tab, abort, never_answer
 from tests.support import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -106,3 +113,44 @@ async def browser(chromium: Path) -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
+
+
+@pytest.fixture
+async def open_tab(browser: Browser, server: Server, artifacts: Path) -> AsyncIterator[OpenTab]:
+    """Open ``/?<query>`` in a fresh context (from ``url``, else the server). Requests matching
+    a glob in ``block`` fail at once (as offline); those matching ``stall`` are never answered
+    (as a proxy that hangs)."""
+    contexts: list[BrowserContext] = []
+
+    async def open_(
+        query: str = "",
+        block: Sequence[str] = (),
+        stall: Sequence[str] = (),
+        url: str | None = None,
+    ) -> Tab:
+        context = await browser.new_context()
+        contexts.append(context)
+        page = await context.new_page()
+        tab = Tab(page, context, artifacts)
+
+        def on_console(message: ConsoleMessage) -> None:
+            if message.type == "error":
+                tab.errors.append(f"console: {message.text} ({message.location})")
+
+        def on_page_error(error: Error) -> None:
+            tab.errors.append(f"pageerror: {error}")
+
+        page.on("console", on_console)
+        page.on("pageerror", on_page_error)
+        for pattern in block:
+            await page.route(pattern, abort)
+        for pattern in stall:
+            await page.route(pattern, never_answer)
+        await page.goto(f"{url or server.url}/?{query}")
+        return tab
+
+    try:
+        yield open_
+    finally:
+        for context in contexts:
+            await context.close()

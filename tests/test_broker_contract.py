@@ -73,7 +73,7 @@ async def make_node(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[]
         supervisors.append(supervisor)
         deliver = node.delivered.append
         await backend.start(lambda channel, event: deliver((channel, event)), supervisor)
-        await presence.start(node.remote_totals.append, supervisor)
+        await presence.start(node.remote_totals.append, supervisor, lambda channel, count: None)
         await until(lambda: backend.unavailable_reason is None, 5, "the backend to connect")
         await until(lambda: presence.unavailable_reason is None, 5, "presence to connect")
         nodes.append(node)

@@ -24,8 +24,8 @@ import httpx
 import pytest
 from playwright.async_api import Browser, expect
 
+from tests.browser import WAIT_MS, Tab, expect_count, expect_live
 from tests.support import PROJECT_ROOT, Server, running_server
-from tests.test_browser import WAIT_MS, Tab, expect_count, expect_live
 
 VENDORED_CLIENT = "static/vendor/socket.io.min.js"
 

@@ -18,9 +18,9 @@ from broadcast.publish import (
     RESERVED_EVENT_NAMES,
     check_event_name,
 )
+from tests.browser import WAIT_MS
 from tests.conftest import StartServer
 from tests.support import Server
-from tests.test_browser import WAIT_MS
 
 TOKEN = "schema-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -26,9 +26,10 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from broadcast import __version__, drain, logs
 from broadcast.api import create_api_router
-from broadcast.broker import Broker, create_backends
+from broadcast.broker import Broker, create_backends, create_session_store
 from broadcast.channel_presence import ChannelPresence
 from broadcast.channels import ChannelPolicy
+from broadcast.channels_api import create_channels_router
 from broadcast.eviction import SHUTTING_DOWN
 from broadcast.identity import Identity
 from broadcast.limits import AddressLimit
@@ -141,9 +142,17 @@ def create_app(settings: Settings) -> BroadcastApp:
         broker, presence, identity, settings.client_buffer_bytes, channel_presence, policy
     )
     overrides = choose_overrides(settings.overrides)
+    store = create_session_store(settings) if settings.socketio_recovery else None
     socketio_transport = SocketIOTransport(
-        settings, broker, sessions, addresses, watchdog, overrides
+        settings, broker, sessions, addresses, watchdog, overrides, store
     )
+    if store is not None:
+        metrics.watch_recovery(lambda: store.kept)
+        if settings.socketio_recovery_max_disconnection_ms > settings.history_seconds * 1000:
+            logger.warning(
+                "BROADCAST_SOCKETIO_RECOVERY_MAX_DISCONNECTION_MS is longer than "
+                "BROADCAST_HISTORY_SECONDS: recoveries after the history's end will fail"
+            )
     sse_transport = SSETransport(settings, broker, sessions, addresses, watchdog, overrides)
     tokens = publish_tokens(settings)
     static = static_directory()
@@ -158,7 +167,9 @@ def create_app(settings: Settings) -> BroadcastApp:
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await broker.start(supervisor)
-        await presence.start(supervisor)
+        if store is not None:
+            await store.start(supervisor)
+        await presence.start(supervisor, channel_presence.remote_changed)
         await socketio_transport.start(supervisor)
         await sse_transport.start(supervisor)
         supervisor.start("send-watchdog", watchdog.run)
@@ -188,6 +199,8 @@ def create_app(settings: Settings) -> BroadcastApp:
         await sse_transport.stop()
         await socketio_transport.stop()
         channel_presence.close()
+        if store is not None:
+            await store.stop()
         await presence.stop()
         await broker.stop()
         await supervisor.stop()  # anything left
@@ -236,6 +249,9 @@ def create_app(settings: Settings) -> BroadcastApp:
                     "sessions the usual way (opened as the drain began)",
                     *late,
                 )
+        socketio_transport.keep_sessions()
+        if store is not None and (unkept := await store.flush(drain.SESSIONS_KEPT_WITHIN)):
+            logger.warning("%d Socket.IO sessions not kept for recovery: no time left", unkept)
         channel_presence.everyone_left()
         if presence.everyone_left() and (unsent := await broker.flush(drain.LEAVES_SENT_WITHIN)):
             logger.warning(
@@ -255,6 +271,7 @@ def create_app(settings: Settings) -> BroadcastApp:
                 broker, presence, channel_presence, supervisor, urlsplit(settings.broker_url).scheme
             ),
             create_publish_router(settings, broker, tokens),
+            create_channels_router(presence_backend, tokens),
             sse_transport.route_handler(),
             socketio_transport.route_handler(),
         ],

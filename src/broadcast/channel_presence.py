@@ -90,9 +90,9 @@ class ChannelPresence:
             del self.local[channel]
             self.backend.unwatch(channel)
         self._shared(channel)
-        if local or self.remote.get(channel):
+        if local:
             self.changed(channel)
-        else:
+        else:  # nobody here to tell; the other nodes' count is asked afresh on the next join
             self.remote.pop(channel, None)
             self._pending.pop(channel, None)
         if username is not None:

@@ -40,6 +40,10 @@ LEAVES_SENT_WITHIN = 0.5
 """Seconds the drain waits for named users' leave announcements to reach the other nodes (one
 at a time, about 0.2 ms each with Redis: some 2,500 of them; those left are dropped, and the
 exit stays within a second)."""
+
+SESSIONS_KEPT_WITHIN = 0.3
+"""Seconds the drain waits for the Socket.IO sessions it keeps for recovery to reach Redis (one
+script call per 1,000: 5,000 in about 0.1 s)."""
 REFUSAL = json.dumps({"status_code": 503, "detail": SHUTTING_DOWN}).encode()
 HEADERS = [
     (b"content-type", b"application/json"),

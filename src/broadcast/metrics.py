@@ -11,7 +11,13 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "RECOVERY_RESULTS", "Metrics"]
+
+RECOVERY_RESULTS = ("recovered", "no_session", "offset", "malformed", "live", "lost")
+"""How a Socket.IO recovery attempt ended: ``recovered``; or refused (a fresh session) because
+no session was kept under the pid (unknown, expired, already taken, store unavailable), the
+offset is no longer held (or over the replay budget), the pid or offset is malformed, the sid is
+still live, or the missed events went while the client was being registered (``lost``)."""
 
 
 class Metrics:
@@ -93,6 +99,21 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=registry,
         )
+        self.recoveries = Counter(
+            "broadcast_socketio_recoveries",
+            "Socket.IO clients that asked to recover their session (a pid and an offset), by "
+            "result",
+            ["result"],
+            registry=registry,
+        )
+        for result in RECOVERY_RESULTS:
+            self.recoveries.labels(result)  # every result present from the start, at 0
+        self.recovery_sessions = Gauge(
+            "broadcast_socketio_recovery_sessions",
+            "Socket.IO sessions this node kept for recovery, neither recovered nor expired yet "
+            "(Redis: one recovered on another node counts until its window ends)",
+            registry=registry,
+        )
 
         self.fanout_seconds = Histogram(
             "broadcast_fanout_seconds",
@@ -117,6 +138,10 @@ class Metrics:
             self.connections.labels(transport).set_function(_bind(connections, transport))
         self.users.set_function(users)
         self.broker_up.set_function(lambda: 1.0 if broker_up() else 0.0)
+
+    def watch_recovery(self, sessions: Callable[[], int]) -> None:
+        """Read the number of kept sessions (``SessionStore.kept``) at each scrape."""
+        self.recovery_sessions.set_function(lambda: float(sessions()))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

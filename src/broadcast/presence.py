@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from broadcast.broker import Broker, PresenceBackend
+from broadcast.broker.base import RemoteChannelCallback
 from broadcast.events import USER, USER_COUNT, Event
 from broadcast.metrics import Metrics
 from broadcast.supervisor import Supervisor
@@ -95,8 +96,10 @@ class Presence:
         """Users connected to every node (this one's exact; the others' as last reported)."""
         return self.local_users + self.remote_users
 
-    async def start(self, supervisor: Supervisor) -> None:
-        await self.backend.start(self._remote_total_changed, supervisor)
+    async def start(self, supervisor: Supervisor, on_remote_channel: RemoteChannelCallback) -> None:
+        """Share this node's counts; the other nodes' channel counts go to
+        ``on_remote_channel`` (``channel_presence.ChannelPresence.remote_changed``)."""
+        await self.backend.start(self._remote_total_changed, supervisor, on_remote_channel)
 
     def _window(self) -> float:
         # Every announcement is one frame per client of this node, so under a storm the window

@@ -93,7 +93,7 @@ class Sessions:
         channel_presence: ChannelPresence,
         policy: ChannelPolicy,
     ) -> None:
-        self._broker = broker
+        self._broker = self.broker = broker
         self._presence = presence
         self.channel_presence = channel_presence
         self.policy = policy

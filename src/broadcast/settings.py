@@ -63,6 +63,16 @@ class Settings(BaseSettings):
     """An Engine.IO session that sends no Socket.IO CONNECT within this time is closed
     (Socket.IO's ``connectTimeout``)."""
 
+    socketio_recovery: bool = False
+    """Socket.IO connection state recovery, as Node's ``connectionStateRecovery``: a client whose
+    link died comes back with its ``sid``, identity, channels and missed events. Off by default:
+    with it on, every event with an id carries one more, last, argument (its offset), which
+    breaks python-socketio handlers that take a fixed number of parameters."""
+
+    socketio_recovery_max_disconnection_ms: Annotated[int, Field(ge=1000, le=3_600_000)] = 120_000
+    """How long a Socket.IO session is kept for its client to recover it (Node's
+    ``maxDisconnectionDuration`` and its default, 2 minutes)."""
+
     count_conflation_ms: Annotated[int, Field(ge=0, le=10_000)] = 50
     """Window merging further ``user count`` changes into one emit (0: emit every change)."""
 

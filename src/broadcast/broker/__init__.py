@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 from broadcast.broker.base import Backend, BrokerUnavailable, History, PresenceBackend
 from broadcast.broker.core import Broker
 from broadcast.broker.hub import Hub, Overflow, Subscriber, SubscriberClosed
+from broadcast.recovery import MemorySessions, SessionStore
 from broadcast.settings import Settings
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Subscriber",
     "SubscriberClosed",
     "create_backends",
+    "create_session_store",
 ]
 
 
@@ -51,4 +53,19 @@ def create_backends(settings: Settings) -> tuple[Backend, PresenceBackend]:
             settings.history_bytes,
         )
         return backend, presence
+    raise ValueError(f"unsupported broker URL {url!r}")
+
+
+def create_session_store(settings: Settings) -> SessionStore:
+    """Where Socket.IO recovery sessions wait (``recovery.py``), for ``settings.broker_url``:
+    in this process for ``memory://``, in Redis (any node can take them) otherwise."""
+    url = settings.broker_url
+    window_ms = settings.socketio_recovery_max_disconnection_ms
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        return MemorySessions(window_ms / 1000)
+    if scheme in ("redis", "rediss", "unix"):
+        from broadcast.broker.redis_sessions import RedisSessions
+
+        return RedisSessions(url, window_ms, settings.redis_reconnect_max_seconds)
     raise ValueError(f"unsupported broker URL {url!r}")

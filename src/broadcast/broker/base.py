@@ -2,7 +2,8 @@
 
 A ``Backend`` moves published events between processes and hands every event, its own included,
 to the ``deliver`` callback exactly once; it never sees clients. A ``PresenceBackend`` shares
-this node's connection count with the other nodes and reports the sum of theirs. The hub
+this node's connection count and per-channel subscribers with the other nodes and reports the
+sums of theirs. The hub
 (``hub.py``) does the in-process fan-out to subscribers.
 
 Positions: one id sequence per deployment, retention per topic. A client reads several topics at
@@ -16,7 +17,7 @@ says whether it still holds everything after a position (its offsets are not con
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,6 +45,10 @@ DeliverCallback = Callable[[str, Event], None]
 
 RemoteTotalCallback = Callable[[int], None]
 """Called with the number of users connected to the other live nodes whenever it changes."""
+
+RemoteChannelCallback = Callable[[str, int], None]
+"""Called with ``(channel, subscribers on the other live nodes)`` whenever that number changes,
+for the channels this node watches."""
 
 
 class BrokerUnavailable(Exception):
@@ -100,26 +105,51 @@ class Backend(Protocol):
 
 
 class PresenceBackend(Protocol):
-    """Shares this node's user count; reports the total of the other live nodes."""
+    """Shares this node's user count and per-channel subscribers; reports the other nodes'."""
 
     @property
     def unavailable_reason(self) -> str | None:
         """Why the other nodes' counts are not known now; ``None`` when all is well."""
 
-    async def start(self, on_remote_total: RemoteTotalCallback, supervisor: Supervisor) -> None:
-        """Register this node and start reporting the other nodes' total."""
+    async def start(
+        self,
+        on_remote_total: RemoteTotalCallback,
+        supervisor: Supervisor,
+        on_remote_channel: RemoteChannelCallback,
+    ) -> None:
+        """Register this node and start reporting the other nodes' total, and the other nodes'
+        subscribers of every watched channel."""
 
     def local_changed(self, local_count: int) -> None:
         """This node's count is now ``local_count`` (never blocks; shared soon after)."""
 
-    def channel_changed(self, channel: str, local_count: int, users: object) -> None: ...
+    def channel_changed(self, channel: str, local_count: int, users: Mapping[str, int]) -> None:
+        """This node now has ``local_count`` subscribers of ``channel``, of whom ``users`` are
+        named (username -> connections). Never blocks; shared soon after, batched (a storm over
+        500 channels costs a handful of round trips, not one per change). ``local_count`` 0
+        removes this node's share. ``users`` is read when it is shared, not copied at once: pass
+        the caller's own live mapping or a fresh one, never one reused for something else."""
 
-    def watch(self, channel: str) -> None: ...
+    def watch(self, channel: str) -> None:
+        """This node has local subscribers of ``channel``: report its remote count through
+        ``on_remote_channel``. The count starts at 0 when watched: it is reported when it
+        differs from 0, and then whenever it changes. Watching a watched channel does nothing."""
 
-    def unwatch(self, channel: str) -> None: ...
+    def unwatch(self, channel: str) -> None:
+        """This node no longer has local subscribers of ``channel``: stop reporting it."""
+
+    async def channels(self, prefix: str, after: str | None, limit: int) -> list[tuple[str, int]]:
+        """Active channels (count > 0 on any live node) whose names start with ``prefix``,
+        sorted by name, strictly after ``after`` (cursor pagination), at most ``limit``, with
+        their total counts; ``BrokerUnavailable`` when they cannot be asked now."""
+
+    async def channel(self, channel: str) -> tuple[int, list[str]]:
+        """A channel's total subscribers over all live nodes and the sorted named users present
+        (``(0, [])`` for a channel nobody uses); ``BrokerUnavailable`` when it cannot be asked
+        now."""
 
     async def stop(self) -> None:
-        """Remove this node's share at once (a clean shutdown)."""
+        """Remove this node's shares (its count, its channels) at once (a clean shutdown)."""
 
 
 def held_in_full(after: int, highest_evicted: Iterable[int]) -> bool:

@@ -14,6 +14,7 @@ before it gets a ``gap`` (every event up to it is too old anyway).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import fcntl
 import itertools
@@ -22,7 +23,7 @@ import os
 import tempfile
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,6 +32,7 @@ import orjson
 from broadcast.broker.base import (
     DeliverCallback,
     History,
+    RemoteChannelCallback,
     RemoteTotalCallback,
     channel_of,
     held_in_full,
@@ -217,16 +219,44 @@ def _after(kept: deque[_Kept], offset: int) -> list[_Kept]:
 
 
 class MemoryPresence:
+    """One node alone: its channels are all there is. ``on_remote_channel`` is never called: no
+    other node has subscribers, and a watched channel's remote count starts at 0 (the contract),
+    so it never changes."""
+
     unavailable_reason: str | None = None
 
-    async def start(self, on_remote_total: RemoteTotalCallback, supervisor: Supervisor) -> None:
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._users: dict[str, Mapping[str, int]] = {}
+        """The named users of the channels that have some (read when asked, as the contract
+        allows: no copy per change, which would cost O(users) on every join)."""
+        self._sorted: list[str] | None = None
+        """The active channels' names, sorted; rebuilt when asked after a channel came or went
+        (a listing is rare, a join is not: no sorted insert per new channel)."""
+
+    async def start(
+        self,
+        on_remote_total: RemoteTotalCallback,
+        supervisor: Supervisor,
+        on_remote_channel: RemoteChannelCallback,
+    ) -> None:
         pass
 
     def local_changed(self, local_count: int) -> None:
         pass
 
-    def channel_changed(self, channel: str, local_count: int, users: object) -> None:
-        pass  # TEMPORARY: the chpresence branch brings the real one
+    def channel_changed(self, channel: str, local_count: int, users: Mapping[str, int]) -> None:
+        if local_count > 0:
+            if channel not in self._counts:
+                self._sorted = None
+            self._counts[channel] = local_count
+            if users:
+                self._users[channel] = users
+            else:
+                self._users.pop(channel, None)
+        elif self._counts.pop(channel, None) is not None:
+            self._users.pop(channel, None)
+            self._sorted = None
 
     def watch(self, channel: str) -> None:
         pass
@@ -234,5 +264,26 @@ class MemoryPresence:
     def unwatch(self, channel: str) -> None:
         pass
 
+    async def channels(self, prefix: str, after: str | None, limit: int) -> list[tuple[str, int]]:
+        if self._sorted is None:
+            self._sorted = sorted(self._counts)
+        names = self._sorted
+        start = bisect.bisect_left(names, prefix)
+        if after is not None and after >= prefix:
+            start = bisect.bisect_right(names, after)
+        page: list[tuple[str, int]] = []
+        for index in range(start, len(names)):
+            name = names[index]
+            if len(page) >= limit or not name.startswith(prefix):
+                break
+            page.append((name, self._counts[name]))
+        return page
+
+    async def channel(self, channel: str) -> tuple[int, list[str]]:
+        users = self._users.get(channel, {})
+        return self._counts.get(channel, 0), sorted(name for name, n in users.items() if n > 0)
+
     async def stop(self) -> None:
-        pass
+        self._counts.clear()
+        self._users.clear()
+        self._sorted = None

@@ -4,7 +4,8 @@ Each node writes its count under its own key with a TTL, refreshed by a heartbea
 itself in a set; the total is the sum over the keys that still exist. A node killed without a
 goodbye simply stops refreshing, and its key expires. A change is announced on a channel so the
 other nodes re-read at once rather than at their next heartbeat. On reconnection a node
-re-registers its count and re-reads.
+re-registers its count and re-reads. Channel presence (per-channel counts and named users) is
+``redis_channels.py``, on the same client, with the same TTL and heartbeat.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 
-from broadcast.broker.base import RemoteTotalCallback
+from broadcast.broker.base import RemoteChannelCallback, RemoteTotalCallback
+from broadcast.broker.redis_channels import RedisChannels
 from broadcast.broker.redis_link import (
     CONNECTION_ERRORS,
     PREFIX,
@@ -56,14 +59,25 @@ class RedisPresence:
         self._remote: int | None = None
         self._on_remote_total: RemoteTotalCallback | None = None
         self._supervisor: Supervisor | None = None
+        self._channels = RedisChannels(
+            self._redis, self.node_id, self._ttl_ms, heartbeat_seconds, reconnect_max_seconds
+        )
 
     @property
     def unavailable_reason(self) -> str | None:
-        return self._health.reason or self._listener_health.reason
+        return (
+            self._health.reason or self._listener_health.reason or self._channels.unavailable_reason
+        )
 
-    async def start(self, on_remote_total: RemoteTotalCallback, supervisor: Supervisor) -> None:
+    async def start(
+        self,
+        on_remote_total: RemoteTotalCallback,
+        supervisor: Supervisor,
+        on_remote_channel: RemoteChannelCallback,
+    ) -> None:
         self._on_remote_total = on_remote_total
         self._supervisor = supervisor
+        await self._channels.start(on_remote_channel, supervisor)
         supervisor.start(
             "redis-presence",
             lambda: until_cancelled(
@@ -85,19 +99,26 @@ class RedisPresence:
         self._changed = True
         self._wake.set()
 
-    def channel_changed(self, channel: str, local_count: int, users: object) -> None:
-        pass  # TEMPORARY: the chpresence branch brings the real one
+    def channel_changed(self, channel: str, local_count: int, users: Mapping[str, int]) -> None:
+        self._channels.channel_changed(channel, local_count, users)
 
     def watch(self, channel: str) -> None:
-        pass
+        self._channels.watch(channel)
 
     def unwatch(self, channel: str) -> None:
-        pass
+        self._channels.unwatch(channel)
+
+    async def channels(self, prefix: str, after: str | None, limit: int) -> list[tuple[str, int]]:
+        return await self._channels.channels(prefix, after, limit)
+
+    async def channel(self, channel: str) -> tuple[int, list[str]]:
+        return await self._channels.channel(channel)
 
     async def stop(self) -> None:
         if self._supervisor is not None:
             await self._supervisor.cancel("redis-presence")
             await self._supervisor.cancel("redis-presence-notifications")
+        await self._channels.stop()
         with contextlib.suppress(*CONNECTION_ERRORS):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(self._node_key)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,24 @@ logger = logging.getLogger(__name__)
 NAMESPACE = "/"
 
 ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar("ack_requested")
+
+NAMESPACE_DISCONNECT = "client namespace disconnect"
+"""The client left its namespace on purpose (its Socket.IO ``41``; Node's name). python-socketio
+calls it ``client disconnect``, as it calls an Engine.IO CLOSE packet (a polling client's
+``engine.close()``, a cut transport): connection state recovery must tell the two apart."""
+
+_reused_sid: contextvars.ContextVar[str | None] = contextvars.ContextVar("reused_sid", default=None)
+"""The sid a recovering client gets back, for ``EngineIOServer.generate_id`` (python-socketio
+names a new sid with it, in ``BaseManager.pre_connect``), in that CONNECT's task only."""
+
+
+class _SidReusingEngineIO(EngineIOServer):
+    def generate_id(self) -> str:
+        sid = _reused_sid.get()
+        if sid is None:
+            return str(super().generate_id())
+        _reused_sid.set(None)  # one use
+        return sid
 
 
 # Handlers python-socketio keeps for itself: a client event with one of these names would
@@ -98,10 +116,20 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
     - a packet that is not valid Socket.IO closes its session, with one log line
       (python-socketio logs a traceback and keeps the connection);
     - a CONNECT to a namespace nobody serves gets ``{"message": "Invalid namespace"}`` (the
-      official client reads ``message``; python-socketio sends a bare string).
+      official client reads ``message``; python-socketio sends a bare string);
+    - connection state recovery (Socket.IO 4.6+): a CONNECT with a private session id
+      (``pid``) may get its old sid back (``claim_sid``; python-socketio makes a new one every
+      time), the CONNECT ack carries the pid (``private_id``; python-socketio's is hard-coded
+      ``{"sid"}``), and the client's own disconnect is ``NAMESPACE_DISCONNECT``, not the
+      ``client disconnect`` of a cut transport.
     """
 
     on_connected: Any = None
+    claim_sid: Callable[[str, dict[str, Any]], Awaitable[str | None]] | None = None
+    """The sid a recovering client gets back (``None``: a new one), given its Engine.IO session
+    and its CONNECT payload; called for a CONNECT with a ``pid``."""
+    private_id: Callable[[str], str | None] | None = None
+    """The pid the CONNECT ack of a sid carries (``None``: none)."""
     admit: Callable[[str, dict[str, Any]], Refusal | None] | None = None
     on_session_closed: Callable[[str], None] | None = None
     on_invalid_packet: Callable[[str], None] | None = None
@@ -114,7 +142,18 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
         self._closing: set[asyncio.Future[None]] = set()
 
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
-        return EngineIOServer
+        return _SidReusingEngineIO
+
+    async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        if (
+            pkt.packet_type == sio_packet.CONNECT
+            and isinstance(pkt.data, dict)
+            and self.private_id is not None
+        ):
+            pid = self.private_id(pkt.data.get("sid", ""))
+            if pid is not None:
+                pkt.data = {**pkt.data, "pid": pid}  # 40{"sid","pid"}, as socket.io's
+        await super()._send_packet(eio_sid, pkt)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
         await super()._handle_eio_connect(eio_sid, environ)
@@ -155,6 +194,10 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         problem = self._invalid(eio_sid, data)
         if problem is None:
+            if isinstance(data, str) and data[:1] == "1" and eio_sid not in self._binary_packet:
+                pkt = self.packet_class(encoded_packet=data)
+                await self._handle_disconnect(eio_sid, pkt.namespace, NAMESPACE_DISCONNECT)
+                return
             await super()._handle_eio_message(eio_sid, data)
             return
         logger.info("closing Engine.IO session %s: invalid Socket.IO packet (%s)", eio_sid, problem)
@@ -201,7 +244,14 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
             if refusal is not None:
                 await self.eio.disconnect(eio_sid)
             return
-        await super()._handle_connect(eio_sid, namespace, data)
+        sid = None
+        if self.claim_sid is not None and isinstance(data, dict) and "pid" in data:
+            sid = await self.claim_sid(eio_sid, data)
+        token = _reused_sid.set(sid)
+        try:
+            await super()._handle_connect(eio_sid, namespace, data)
+        finally:
+            _reused_sid.reset(token)
         socket = self.eio.sockets.get(eio_sid)
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         if sid is not None and (socket is None or socket.closed):
@@ -225,6 +275,26 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
 
 def check() -> str | None:
     """Why ``GuardedServer`` cannot work with the python-socketio installed (``None``: it can)."""
+    return _check_signatures() or _check_sid_reuse()
+
+
+def _check_sid_reuse() -> str | None:
+    """python-socketio must name a new sid with ``eio.generate_id()`` (the recovery's way to give
+    a client its old sid back): a behaviour, so it is tried, not read."""
+    server = GuardedServer(async_mode="asgi")
+    token = _reused_sid.set("probe-sid")
+    try:
+        sid = socketio.base_manager.BaseManager.pre_connect(server.manager, "probe-eio", NAMESPACE)
+    except Exception as exc:  # anything: the internals changed
+        return f"BaseManager.pre_connect failed: {exc!r}"
+    finally:
+        _reused_sid.reset(token)
+    if sid != "probe-sid":
+        return "BaseManager.pre_connect no longer names sids with eio.generate_id()"
+    return None
+
+
+def _check_signatures() -> str | None:
     return signatures(
         socketio.AsyncServer,
         {

@@ -44,14 +44,18 @@ from broadcast.overrides.engineio import CONNECTION
 from broadcast.overrides.engineio_wire import ClientFaults, Frame, decodable
 from broadcast.overrides.socketio import (
     NAMESPACE,
+    NAMESPACE_DISCONNECT,
     GuardedServer,
     Refusal,
 )
 from broadcast.overrides.socketio_rooms import IndexedManager
+from broadcast.recovery import SessionStore, new_pid
+from broadcast.replay import replay_budget
 from broadcast.session import Sessions
 from broadcast.settings import Settings
 from broadcast.supervisor import Supervisor
 from broadcast.transports.socketio_events import ClientEvents
+from broadcast.transports.socketio_recovery import Recovery
 from broadcast.transports.socketio_writer import TRANSPORT, SocketIOClient, Writer
 from broadcast.users import RateLimit
 from broadcast.watchdog import WEBSOCKET_GONE, SendWatchdog
@@ -68,6 +72,7 @@ class SocketIOTransport:
         addresses: AddressLimit,
         watchdog: SendWatchdog,
         overrides: Overrides,
+        store: SessionStore | None = None,
     ) -> None:
         self._find_socket = overrides.find_socket
         self._settings = settings
@@ -95,7 +100,7 @@ class SocketIOTransport:
             client_manager=IndexedManager() if overrides.indexed_rooms else None,
         )
         self.server.admit = self._admit
-        self.server.on_session_closed = self._admission.closed
+        self.server.on_session_closed = self._session_closed
         self.server.on_invalid_packet = self._on_invalid_packet
         self.server.on("connect", self._on_connect)
         self.server.on("disconnect", self._on_disconnect)
@@ -122,6 +127,18 @@ class SocketIOTransport:
         self._supervisor: Supervisor | None = None
         self._subscriber: Subscriber | None = None
         self._writer = Writer(self.server, settings.client_buffer_bytes, broker.metrics)
+        self._recovery: Recovery | None = None
+        if store is not None:  # BROADCAST_SOCKETIO_RECOVERY
+            recovery = self._recovery = Recovery(
+                self.server,
+                sessions,
+                store,
+                self._writer,
+                replay_budget(settings.client_buffer_bytes),
+                broker.metrics.recoveries,
+            )
+            self.server.claim_sid = recovery.claim
+            self.server.private_id = self._private_id
 
     def route_handler(self) -> ASGIRouteHandler:
         asgi_app = self._asgi_app
@@ -212,6 +229,21 @@ class SocketIOTransport:
         message, at_connect = refused
         return Refusal(message, at_connect=at_connect)
 
+    def _session_closed(self, eio_sid: str) -> None:
+        self._admission.closed(eio_sid)
+        if self._recovery is not None:
+            self._recovery.forget(eio_sid)
+
+    def _private_id(self, sid: str) -> str | None:
+        client = self._clients.get(sid)
+        return client.pid if client is not None else None
+
+    def keep_sessions(self) -> None:
+        """The node is going away: keep every remaining client's session for its recovery
+        elsewhere (no-op without recovery)."""
+        if self._recovery is not None:
+            self._recovery.keep_all(self._clients)
+
     def _on_invalid_packet(self, eio_sid: str) -> None:
         self._metrics.refused.labels("packet").inc()
 
@@ -223,19 +255,22 @@ class SocketIOTransport:
         except Refused as refused:
             raise socketio.exceptions.ConnectionRefusedError(str(refused)) from None
         eio_sid = self._eio_sid(sid)
+        recovery = self._recovery
+        restoring = recovery.restoring.pop(eio_sid, None) if recovery is not None else None
+        rate = RateLimit(self._settings.chat_rate_per_second, self._settings.chat_burst)
         try:
-            resume_from = _resume_from(auth)
-            client = SocketIOClient(
-                eio_sid,
-                address,
-                who.username,
-                resume_from,
-                0,
-                RateLimit(self._settings.chat_rate_per_second, self._settings.chat_burst),
-            )
-            client.grant = who.grant
-            asked = _channels(auth, environ, self._sessions)
-            channels = self._sessions.check_channels(client, asked)
+            if restoring is not None and recovery is not None:
+                client = recovery.client(restoring, eio_sid, address, rate)
+                channels = list(restoring.session.channels)
+            else:
+                client = SocketIOClient(eio_sid, address, who.username, _resume_from(auth), 0, rate)
+                client.grant = who.grant
+                if recovery is not None:
+                    client.pid = new_pid()
+                    if client.resume_from is None:
+                        client.resume_from = ""  # every event with its id: the offset
+                asked = _channels(auth, environ, self._sessions)
+                channels = self._sessions.check_channels(client, asked)
             await self._sessions.listen(channels)
         except Refused as refused:
             self._metrics.refused.labels("connect").inc()
@@ -251,6 +286,10 @@ class SocketIOTransport:
             count = Frame(self._sessions.count_event().socketio_text)
             await self._writer.deliver(eio_sid, count)
         await self._subscribe(client, channels)
+        if recovery is not None:
+            recovery.connected(client, sid)
+            if restoring is not None:
+                await recovery.replay(client, restoring)
 
     async def _subscribe(self, client: SocketIOClient, channels: list[str]) -> None:
         """Subscribe ``client`` to ``channels`` (checked, listened to): its channels' counts
@@ -293,18 +332,22 @@ class SocketIOTransport:
         if client is None:
             return
         self._members.leave_all(client)
+        channels = list(client.channels)
         self._sessions.leave(client)
+        if self._recovery is not None:
+            self._recovery.left(client, sid, reason, channels)
         # Why every client left: ordinary goodbyes (the client said so, or closed its
         # connection: a tab closed) at debug level, anything else (too slow, ping timeout, the
         # server's own disconnect) at info, so churn does not flood the log.
         ordinary = (
             self.server.reason.CLIENT_DISCONNECT,
+            NAMESPACE_DISCONNECT,
             self.server.reason.TRANSPORT_CLOSE,
             SHUTTING_DOWN,  # one line for the whole drain (app.py)
         )
         level = logging.DEBUG if reason in ordinary else logging.INFO
         logger.log(level, "Socket.IO client %s (%s) left: %s", sid, client.address, reason)
-        if reason == self.server.reason.CLIENT_DISCONNECT:
+        if reason in (self.server.reason.CLIENT_DISCONNECT, NAMESPACE_DISCONNECT):
             self._release_pending_poll(sid)
 
     def _release_pending_poll(self, sid: str) -> None:

@@ -30,7 +30,7 @@ class SocketIOClient(Client):
     """A Socket.IO client: its Engine.IO session, its chat allowance, and the live events held
     back while what it missed is replayed."""
 
-    __slots__ = ("eio_sid", "pending", "rate_limit")
+    __slots__ = ("eio_sid", "pending", "pid", "rate_limit")
 
     def __init__(
         self,
@@ -46,6 +46,8 @@ class SocketIOClient(Client):
         self.rate_limit = rate_limit
         self.pending: list[Event] | None = [] if resume_from else None
         """Live events held back while what it missed is replayed (``None``: not replaying)."""
+        self.pid: str | None = None
+        """Its private session id, with connection state recovery on (``socketio_recovery.py``)."""
 
 
 class Writer:
