@@ -154,6 +154,9 @@ class Bench:
         name = target.name if isinstance(target, ServerSpec) else "ours"
         entry: dict[str, Any] = {"target": name, "scenario": scenario, "case": case, "clients": n}
         server: ServerProcess | None = None
+        # Before the server starts: finding loadgen.js's node_modules may fail (raise), and a
+        # server started by then would be left running.
+        env = kit.environment(self.kit_modules()) if scenario in kit.JS_SCENARIOS else None
         if isinstance(target, ServerSpec):
             server = self.start_server(target, scenario, case, entry)
             url, pid, stats_path = server.url, server.pid, server.spec.stats_path
@@ -161,14 +164,12 @@ class Bench:
             url, pid, stats_path = target, self.o.target_pid, "/stats"
         entry["loadavg_before"] = loadavg()
         busy0 = core_busy_ms()
-        env: dict[str, str] | None = None
         if scenario in kit.JS_SCENARIOS:
             entry["loadgen"] = "shared/bench/loadgen.js --lean"
             cmd = kit.command(
                 self.o.shared, self.o.loadgen_core, scenario, url, n, timeout, stats_path,
                 self.token, args, pid,
             )  # fmt: skip
-            env = kit.environment(self.kit_modules())
         else:
             cmd = [
                 "taskset", "-c", str(self.o.loadgen_core), sys.executable, "-m", "bench.loadgen",
