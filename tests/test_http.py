@@ -16,6 +16,7 @@ def test_health_and_stats(server: Server) -> None:
         "user_count": 0,
         "local_users": 0,
         "connections": {"socketio": 0, "sse": 0},
+        "channels": {},
     }
     ready = httpx.get(f"{server.url}/readyz")
     assert ready.status_code == 200
