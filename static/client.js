@@ -188,6 +188,9 @@
     socket.io.on("reconnect_attempt", () => showState("reconnecting"));
     socket.on("connect", () => {
       everConnected = true;
+      // Socket.IO's own connection state recovery (BROADCAST_SOCKETIO_RECOVERY): whether this
+      // connection took up the last one's session, for whoever inspects the page.
+      document.documentElement.dataset.recovered = String(socket.recovered);
       clearTimeout(deadline);
       showState("live");
     });

@@ -21,6 +21,7 @@ from tests.browser import (
     expect_count,
     expect_live,
 )
+from tests.conftest import StartServer
 from tests.support import Server, connect_sio, until
 
 
@@ -256,5 +257,40 @@ async def test_a_page_that_lost_its_connection_gets_what_it_missed(
         )
         await expect(tab.page.locator("#events li", has_text="missed")).to_have_count(0)
         await tab.screenshot(f"resumed-{transport}")
+    finally:
+        await link.close()
+
+
+async def test_the_page_recovers_its_socketio_session(
+    open_tab: OpenTab, start_server: StartServer
+) -> None:
+    """With BROADCAST_SOCKETIO_RECOVERY on, the page's official client recovers by itself after
+    a network drop: the same session, what it missed once, in order."""
+    server = start_server({"BROADCAST_SOCKETIO_RECOVERY": "true"})
+    link = CuttableLink(server.url)
+    await link.start()
+    try:
+        tab = await open_tab("username=alice&transport=websocket", url=link.url)
+        await expect_live(tab, "websocket")
+        root = tab.page.locator("html")
+        await expect(root).to_have_attribute("data-recovered", "false", timeout=WAIT_MS)
+        bob = await connect_sio(server.url, auth={"username": "bob"})
+        messages = tab.page.locator("#messages li")
+        assert (await bob.client.call("chat message", "one", timeout=5))["ok"]
+        await expect(messages).to_have_text(["bob: one"], timeout=WAIT_MS)
+
+        link.cut()
+        await until(lambda: server.user_count() == 1, 10, "the page to be counted gone")
+        for text in ("two", "three"):
+            assert (await bob.client.call("chat message", text, timeout=5))["ok"]
+        link.restore()
+
+        await expect(root).to_have_attribute("data-recovered", "true", timeout=WAIT_MS)
+        await expect(messages).to_have_text(["bob: one", "bob: two", "bob: three"], timeout=WAIT_MS)
+        assert (await bob.client.call("chat message", "four", timeout=5))["ok"]
+        await expect(messages).to_have_text(
+            ["bob: one", "bob: two", "bob: three", "bob: four"], timeout=WAIT_MS
+        )
+        await expect(tab.page.locator("#events li", has_text="missed")).to_have_count(0)
     finally:
         await link.close()
