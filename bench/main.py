@@ -52,6 +52,9 @@ def prepare(o: argparse.Namespace) -> dict[str, int] | None:
                 o.footprint_clients,
                 o.soak_clients * 2,
                 o.shutdown_clients * 2,
+                o.ch_clients,
+                o.ch_others + 200,
+                o.ch_memory_clients,
             ]
         )
         * 2

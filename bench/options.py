@@ -13,15 +13,23 @@ See docs/performance.md.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.servers import ROOT
 
 BENCH = Path(__file__).resolve().parent
-SCENARIOS = ("storm", "fanout", "churn", "footprint", "shutdown", "soak")
-DEFAULT_SCENARIOS = ("storm", "fanout", "churn", "footprint", "shutdown")  # soak: when asked
+CHANNELS = ("ch-storm", "ch-fanout", "ch-cost", "ch-memory")
+SCENARIOS = ("storm", "fanout", "churn", "footprint", "shutdown", "soak", *CHANNELS)
+# soak: when asked; the channel scenarios at sizes that take a minute or two (--ch-full: the
+# issue's sizes, which take the Node peer several minutes)
+DEFAULT_SCENARIOS = ("storm", "fanout", "churn", "footprint", "shutdown", *CHANNELS)
 OURS_ONLY = ("soak", "shutdown")  # scenarios the Node peer does not run
+# ch-cost and ch-memory connect their clients all at once; the Node peer sends every client
+# every count change, N^2 frames: about 8 minutes at 10,000, with clients lost to ping timeouts
+# (shared/bench/README.md, "Limits"). Above this many clients they run on ours only.
+NODE_MAX_CLIENTS = 5000
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,6 +64,27 @@ def parser() -> argparse.ArgumentParser:
         "--shutdown-clients", type=int, default=None, help="shutdown: default 5000 (quick: 300)"
     )
     p.add_argument(
+        "--ch-full",
+        action="store_true",
+        help="the channel scenarios at the issue's sizes: 5,000 clients (ch-storm, ch-fanout),\n"
+        "10,000 (ch-cost, ch-memory)",
+    )
+    p.add_argument("--ch-clients", type=int, default=None, help="ch-storm, ch-fanout (1000)")
+    p.add_argument(
+        "--ch-storm-channels", type=int, default=None, help="ch-storm: channels (clients / 10)"
+    )
+    p.add_argument("--ch-fanout-channels", type=int, default=None, help="ch-fanout (50)")
+    p.add_argument("--ch-events", type=int, default=None, help="ch-fanout: per case (2000)")
+    p.add_argument(
+        "--ch-rate", type=float, default=500.0, help="ch-fanout's paced case: publishes/s (500)"
+    )
+    p.add_argument("--ch-others", type=int, default=None, help="ch-cost: others, at most (1000)")
+    p.add_argument("--ch-publishes", type=int, default=None, help="ch-cost: per burst (1000)")
+    p.add_argument("--ch-memory-clients", type=int, default=None, help="ch-memory (1000)")
+    p.add_argument(
+        "--ch-per-client", type=int, default=10, help="ch-memory: channels each, many (10)"
+    )
+    p.add_argument(
         "--soak",
         action="store_true",
         help="run the soak (ours only): alone, or with the --scenarios given",
@@ -84,7 +113,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default=None, help="drive this running server instead of ours")
     p.add_argument("--target-pid", type=int, default=None, help="its PID, for CPU/RSS figures")
     p.add_argument("--no-node", action="store_true", help="skip the Node reference peer")
-    p.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "bench")
+    p.add_argument(
+        "--shared",
+        type=Path,
+        # A checkout's shared/ is beside it; a git worktree elsewhere names it in BENCH_SHARED.
+        default=Path(os.environ.get("BENCH_SHARED") or ROOT.parent / "shared" / "bench"),
+        help="the benchmark kit (default $BENCH_SHARED, else ../shared/bench)",
+    )
     p.add_argument("--peer-dir", type=Path, default=None, help="a prepared peer (npm ci done)")
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--loadgen-core", type=int, default=1)
@@ -119,6 +154,14 @@ def resolve(o: argparse.Namespace, p: argparse.ArgumentParser) -> None:
     o.soak_seconds = o.soak_seconds or (20.0 if q else 600.0)
     o.soak_clients = o.soak_clients or (200 if q else 2000)
     o.soak_report = o.soak_report or (5.0 if q else 30.0)
+    full = o.ch_full
+    o.ch_clients = o.ch_clients or (200 if q else 5000 if full else 1000)
+    o.ch_storm_channels = o.ch_storm_channels or max(1, o.ch_clients // 10)
+    o.ch_fanout_channels = o.ch_fanout_channels or (20 if q else 50)
+    o.ch_events = o.ch_events or (300 if q else 5000 if full else 2000)
+    o.ch_others = o.ch_others or (200 if q else 10000 if full else 1000)
+    o.ch_publishes = o.ch_publishes or (100 if q else 1000)
+    o.ch_memory_clients = o.ch_memory_clients or (200 if q else 10000 if full else 1000)
     env = {}
     for item in o.server_env:
         name, eq, value = item.partition("=")

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import kit
 from bench.host import core_busy_ms, foreign_cpu, loadavg, machine
-from bench.options import OURS_ONLY
+from bench.options import NODE_MAX_CLIENTS, OURS_ONLY
 from bench.report import dig
 from bench.servers import (
     ROOT,
@@ -39,6 +40,7 @@ class Bench:
             self.token = secrets.token_urlsafe(24)
         self.runs: list[dict[str, Any]] = []
         self.node_error: str | None = None
+        self.peer_dir: Path | None = None
 
     def cases(self) -> list[tuple[str, str, int, list[str], float]]:
         """(scenario, case label, clients, extra loadgen args, timeout s) in run order."""
@@ -68,6 +70,7 @@ class Bench:
             # SIGTERM to `broadcast serve` with every client reconnecting (bench/shutdown.py).
             n = o.shutdown_clients
             out.append(("shutdown", f"N={n}", n, common, 90 + 0.02 * n))
+        out += self.channel_cases(common)
         if "soak" in o.scenarios:
             n, d = o.soak_clients, o.soak_seconds
             args = [
@@ -76,6 +79,48 @@ class Bench:
                 "--settle", "30",
             ]  # fmt: skip
             out.append(("soak", f"N={n} {d:g}s", n, args, d + 300 + 0.05 * n))
+        return out
+
+    def channel_cases(self, common: list[str]) -> list[tuple[str, str, int, list[str], float]]:
+        """The channel scenarios' cases (docs/performance.md, "channels")."""
+        o = self.o
+        out: list[tuple[str, str, int, list[str], float]] = []
+        n = o.ch_clients
+        # The Node peer's connect storm costs N^2 frames (~2 min at 5,000 here).
+        storm_s = 60 + 5e-5 * n * n
+        if "ch-storm" in o.scenarios:
+            k = o.ch_storm_channels
+            args = [*common, "--channels", str(k)]
+            out.append(("ch-storm", f"N={n} K={k}", n, args, storm_s))
+        if "ch-fanout" in o.scenarios:
+            k, m = o.ch_fanout_channels, o.ch_events
+            for rate, label in ((0.0, "back to back"), (o.ch_rate, f"at {o.ch_rate:g}/s")):
+                args = [
+                    *common, "--channels", str(k), "--events", str(m), "--rate", str(rate),
+                    "--settle", "60",
+                ]  # fmt: skip
+                timeout = storm_s + 60 + m / 20
+                out.append(("ch-fanout", f"N={n} K={k} {label}", n, args, timeout))
+        if "ch-cost" in o.scenarios:
+            n = o.ch_others
+            args = [
+                *common, "--ch-publishes", str(o.ch_publishes), "--settle", "30",
+                "--ch-settle", "0.5" if o.quick else "1",
+            ]  # fmt: skip
+            out.append(("ch-cost", f"others 100 vs {n}", n, args, 120 + 5e-5 * n * n))
+        if "ch-memory" in o.scenarios:
+            n = o.ch_memory_clients
+            settle = "0.5" if o.quick else "1"
+            for mode, label in (
+                ("plain", "plain"),
+                ("own", "own channel"),
+                ("many", f"{o.ch_per_client} channels each"),
+            ):
+                args = [
+                    *common, "--ch-memory-mode", mode, "--ch-per-client", str(o.ch_per_client),
+                    "--ch-settle", settle, "--settle", "60",
+                ]  # fmt: skip
+                out.append(("ch-memory", f"{label} N={n}", n, args, 120 + 5e-5 * n * n))
         return out
 
     def specs(self) -> list[ServerSpec | str]:
@@ -93,6 +138,7 @@ class Bench:
                 log(f"WARNING: no Node reference: {exc}")
                 self.node_error = str(exc)
             else:
+                self.peer_dir = peer
                 targets.append(node_spec(o.server_core, peer))
         return targets
 
@@ -108,6 +154,9 @@ class Bench:
         name = target.name if isinstance(target, ServerSpec) else "ours"
         entry: dict[str, Any] = {"target": name, "scenario": scenario, "case": case, "clients": n}
         server: ServerProcess | None = None
+        # Before the server starts: finding loadgen.js's node_modules may fail (raise), and a
+        # server started by then would be left running.
+        env = kit.environment(self.kit_modules()) if scenario in kit.JS_SCENARIOS else None
         if isinstance(target, ServerSpec):
             server = self.start_server(target, scenario, case, entry)
             url, pid, stats_path = server.url, server.pid, server.spec.stats_path
@@ -115,18 +164,27 @@ class Bench:
             url, pid, stats_path = target, self.o.target_pid, "/stats"
         entry["loadavg_before"] = loadavg()
         busy0 = core_busy_ms()
-        cmd = [
-            "taskset", "-c", str(self.o.loadgen_core), sys.executable, "-m", "bench.loadgen",
-            "--url", url, "--scenario", scenario, "--clients", str(n),
-            "--timeout", f"{timeout:.0f}", "--stats-path", stats_path,
-            f"--token={self.token}",  # one word: a generated token may start with "-"
-            *args,
-        ]  # fmt: skip
-        if pid:
-            cmd += ["--server-pid", str(pid)]
+        if scenario in kit.JS_SCENARIOS:
+            entry["loadgen"] = "shared/bench/loadgen.js --lean"
+            cmd = kit.command(
+                self.o.shared, self.o.loadgen_core, scenario, url, n, timeout, stats_path,
+                self.token, args, pid,
+            )  # fmt: skip
+        else:
+            cmd = [
+                "taskset", "-c", str(self.o.loadgen_core), sys.executable, "-m", "bench.loadgen",
+                "--url", url, "--scenario", scenario, "--clients", str(n),
+                "--timeout", f"{timeout:.0f}", "--stats-path", stats_path,
+                f"--token={self.token}",  # one word: a generated token may start with "-"
+                *args,
+            ]  # fmt: skip
+            if pid:
+                cmd += ["--server-pid", str(pid)]
         log(f"{name}: {scenario} {case} -> {url}" + (f" (pid {pid})" if pid else ""))
         t0 = time.perf_counter()
-        result = drive(cmd, timeout, entry)
+        result = drive(cmd, timeout, entry, env)
+        if scenario in kit.JS_SCENARIOS:
+            result = kit.normalise(result)
         wall_ms = (time.perf_counter() - t0) * 1000
         entry["wall_s"] = round(wall_ms / 1000, 1)
         own = {self.o.loadgen_core: float(dig(result, "loadgen", "cpu_ms") or 0.0)}
@@ -144,6 +202,17 @@ class Bench:
         entry["error"] = result.get("error")
         self.log_outcome(entry)
         return entry
+
+    def kit_modules(self) -> Path:
+        """A node_modules with ``ws`` for loadgen.js: the Node peer's installed copy, else the
+        project's own (``scripts/setup --dev`` installs it; ws comes with socket.io-client),
+        else the Node peer's, installed now."""
+        if self.peer_dir is None:
+            own = ROOT / "node_modules"
+            if (own / "ws").is_dir():
+                return own
+            self.peer_dir = prepare_peer(self.o.shared, self.o.peer_dir)
+        return self.peer_dir / "node_modules"
 
     def start_server(
         self, spec: ServerSpec, scenario: str, case: str, entry: dict[str, Any]
@@ -196,14 +265,26 @@ class Bench:
                     and target.name != "ours"
                 ):
                     continue
+                if (
+                    scenario in ("ch-cost", "ch-memory")
+                    and n > NODE_MAX_CLIENTS
+                    and isinstance(target, ServerSpec)
+                    and target.name != "ours"
+                ):
+                    log(
+                        f"node: {scenario} {case}: not run (above {NODE_MAX_CLIENTS:,} clients "
+                        "the Node peer's connect storm takes minutes and drops clients)"
+                    )
+                    continue
                 try:
                     self.runs.append(self.run_one(target, scenario, case, n, args, timeout))
-                except RuntimeError as exc:  # the server did not start
+                except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                    # the server did not start, or loadgen.js's Node peer copy could not be made
                     name = target.name if isinstance(target, ServerSpec) else "ours"
-                    log(f"{name}: {scenario} {case}: server failed: {exc}")
+                    log(f"{name}: {scenario} {case}: failed to start: {exc}")
                     self.runs.append(
                         {"target": name, "scenario": scenario, "case": case, "clients": n,
-                         "ok": False, "error": f"server failed: {str(exc)[:300]}", "result": {}}
+                         "ok": False, "error": f"failed to start: {str(exc)[:300]}", "result": {}}
                     )  # fmt: skip
         return {
             "started": started,
@@ -219,14 +300,22 @@ class Bench:
         }
 
 
-def drive(cmd: list[str], timeout: float, entry: dict[str, Any]) -> dict[str, Any]:
+def drive(
+    cmd: list[str], timeout: float, entry: dict[str, Any], env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run the load generator; its JSON result (or why there is none), its exit code in
     ``entry``."""
     try:
         # Progress lines (stderr) pass through; the last stdout line is the JSON result.
         # The load generator bounds itself; this is the bound if it hangs anyway.
         proc = subprocess.run(
-            cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=timeout + 180, check=False
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+            timeout=timeout + 180,
+            check=False,
         )
         lines = proc.stdout.strip().splitlines()
         result: dict[str, Any] = (

@@ -52,6 +52,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--soak-report", type=float, default=30.0, help="soak: progress every S s")
     p.add_argument("--rss-tolerance", type=float, default=0.1, help="soak: RSS back within F")
     p.add_argument("--rss-wait", type=float, default=90.0, help="soak: for RSS to come back (s)")
+    p.add_argument("--ch-subscribers", type=int, default=10, help="ch-cost: the channel's")
+    p.add_argument("--ch-small-others", type=int, default=100, help="ch-cost: others, first")
+    p.add_argument("--ch-publishes", type=int, default=1000, help="ch-cost: per burst")
+    p.add_argument("--ch-bursts", type=int, default=3, help="ch-cost: bursts (median)")
+    p.add_argument("--ch-settle", type=float, default=1.0, help="ch-*: quiet before RSS/CPU (s)")
+    p.add_argument(
+        "--ch-memory-mode", choices=("plain", "own", "many"), default="own", help="ch-memory"
+    )
+    p.add_argument("--ch-per-client", type=int, default=10, help="ch-memory many: channels")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-uvloop", action="store_true", help="plain asyncio event loop")
     p.add_argument("--out", default=None, help="also append the JSON line to this file")

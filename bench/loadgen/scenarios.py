@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import shutdown as shutdown_scenario
+from bench.loadgen.channels import ch_cost, ch_memory
 from bench.loadgen.churn import churn
 from bench.loadgen.fanout import fanout
 from bench.loadgen.footprint import footprint
@@ -28,4 +29,6 @@ SCENARIOS: dict[str, Callable[[Run], Any]] = {
     "footprint": footprint,
     "soak": soak,
     "shutdown": shutdown,
+    "ch-cost": ch_cost,
+    "ch-memory": ch_memory,
 }

@@ -36,14 +36,19 @@ async def establish_baseline(run: Run) -> None:
 
 
 async def connect_phase(
-    run: Run, name: str, kinds: list[str], within: float | None = None
+    run: Run,
+    name: str,
+    kinds: list[str],
+    within: float | None = None,
+    channels: list[tuple[str, ...]] | None = None,
 ) -> dict[str, Any]:
-    """Connect ``kinds`` clients; wait until every open client holds the count (at most
-    ``within`` s, when given: beyond it the scenario fails)."""
+    """Connect ``kinds`` clients (client i subscribing to ``channels[i]`` as it connects, when
+    given); wait until every open client holds the count (at most ``within`` s, when given:
+    beyond it the scenario fails)."""
     run.begin_phase(name)
     run.set_target(run.baseline + len(run.open_list) + len(kinds))
-    for k in kinds:
-        run.enqueue(run.new_client(k))
+    for i, k in enumerate(kinds):
+        run.enqueue(run.new_client(k, channels[i] if channels else ()))
     await run.wait_idle()
     connect_ms = (now() - run.phase.t0) * 1000
     run.log(f"{name}: every connect settled in {connect_ms:.0f} ms, open={len(run.open_list)}")

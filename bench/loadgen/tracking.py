@@ -39,6 +39,7 @@ class Phase:
     srv0: dict[str, Any] | None = None
     frames: int = 0
     count_frames: int = 0
+    channel_count_frames: int = 0
     other_frames: int = 0
     connects: int = 0
     connect_errors: int = 0
@@ -102,6 +103,10 @@ class Tracker:
         self.next_id = 0
         self.on_drop: Callable[[Client, str], None] | None = None
         """Set by a scenario that expects the server to close its clients (shutdown)."""
+        self.on_event: Callable[[Client, Any, float], None] | None = None
+        """Set by a scenario that counts ``--event-name`` events itself (outside a fanout)."""
+        self.acks: dict[tuple[int, int], asyncio.Future[Any]] = {}
+        """Acknowledgements awaited: (client id, ack id) -> the ACK's arguments."""
 
     def sample_err(self, kind: str, why: str) -> None:
         key = f"{kind}: {why[:120]}"
@@ -253,12 +258,27 @@ class Tracker:
         c.state = S_CLOSED
         c.close()
 
-    def new_client(self, kind: str) -> Client:
+    def new_client(self, kind: str, channels: tuple[str, ...] = ()) -> Client:
+        """A client of ``kind``, subscribing to ``channels`` as it connects."""
         self.created[kind] += 1
         self.next_id += 1
-        if kind == "ws":
-            return WsClient(self, self.next_id)
-        return SseClient(self, self.next_id)
+        c: Client = WsClient(self, self.next_id) if kind == "ws" else SseClient(self, self.next_id)
+        c.channels = channels
+        return c
+
+    def expect_ack(self, c: Client, ack_id: int) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self.acks[(c.id, ack_id)] = fut
+        return fut
+
+    def on_ack(self, c: Client, ack_id: int, args: Any) -> None:
+        """A Socket.IO ACK ``43<id>[...]`` from the server: its arguments."""
+        fut = self.acks.pop((c.id, ack_id), None)
+        if fut is None:
+            self.errors["protocol"] += 1
+            self.sample_err("protocol", f"unexpected ack {ack_id}")
+        elif not fut.done():
+            fut.set_result(args)
 
     # -------------------------------------------------------------------- events
 
@@ -274,8 +294,33 @@ class Tracker:
         if self.fan is not None and name == self.o.event_name:
             self.on_fan(c, data, t)
             return
+        if name == "channel count":
+            self.on_channel_count(c, data)
+            return
+        if self.on_event is not None and name == self.o.event_name:
+            self.on_event(c, data, t)
+            return
         self.phase.frames += 1
         self.phase.other_frames += 1
+
+    def on_channel_count(self, c: Client, data: Any) -> None:
+        """``channel count`` ``{"channel", "count"}``: kept per channel; one of a channel the
+        client is not in is an error (``foreign``)."""
+        self.phase.frames += 1
+        self.phase.channel_count_frames += 1
+        channel = data.get("channel") if isinstance(data, dict) else None
+        count = data.get("count") if isinstance(data, dict) else None
+        if not isinstance(channel, str) or not isinstance(count, int):
+            self.errors["protocol"] += 1
+            self.sample_err("protocol", f"channel count {data!r}"[:80])
+            return
+        if channel not in c.channels:
+            self.errors["foreign"] = self.errors.get("foreign", 0) + 1
+            self.sample_err("foreign", f"channel count of {channel!r} to a client of {c.channels}")
+            return
+        if c.ch_counts is None:
+            c.ch_counts = {}
+        c.ch_counts[channel] = count
 
     def on_fan(self, c: Client, data: Any, t: float) -> None:
         """A fanout event the clients' fast path did not recognise: decoded JSON, any shape."""

@@ -5,7 +5,11 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from bench.report.metrics import METRICS, Run
+from bench.report import channels
+from bench.report.metrics import METRICS as PLAIN_METRICS
+from bench.report.metrics import Run
+
+METRICS = {**PLAIN_METRICS, **channels.METRICS}
 
 HEADER = ["scenario", "metric", "ours", "node", "ours/node"]
 
@@ -26,6 +30,8 @@ def fmt(v: Any) -> str:
 
 def ratio(ours: Any, node: Any, better: str) -> str:
     if better == "zero":
+        if ours is None:  # ours did not measure it (a failed run): say so only for Node
+            return "node!" if node else "-"
         return "ok" if ours == 0 and node in (0, None) else ("ours!" if ours else "node!")
     if not isinstance(ours, int | float) or not isinstance(node, int | float) or node == 0:
         return "-"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from bench.report import channels
 from bench.report.metrics import Run, dig, errors, fan, fan_bad, shutdown, soak, storm
 
 TARGET_HEADER = ["target (the performance issue's)", "measured", "verdict"]
@@ -29,6 +30,7 @@ def target_rows(results: dict[str, Any]) -> list[list[str]]:
         *shutdown_targets(pairs(runs, "shutdown")),
         *cold_start_targets(runs),
         *soak_targets(runs),
+        *channels.target_rows(results),
     ]
 
 

@@ -16,6 +16,8 @@ class Client(asyncio.Protocol):
     """One connection; subclasses parse their transport. Kept small: thousands are alive."""
 
     __slots__ = (
+        "ch_counts",
+        "channels",
         "fan_next",
         "fan_seen",
         "fan_unique",
@@ -44,6 +46,10 @@ class Client(asyncio.Protocol):
         self.fan_next = 0
         self.fan_unique = 0
         self.fan_seen: bytearray | None = None
+        # Channels asked for at connect (Socket.IO CONNECT auth, SSE ?channel=), and the last
+        # ``channel count`` heard of each channel (None until one comes).
+        self.channels: tuple[str, ...] = ()
+        self.ch_counts: dict[str, int] | None = None
 
     # -------------------------------------------------------------------- lifecycle
 

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from bench.wire.client import Client
 from bench.wire.frames import CNT_SSE, S_CLOSED, epoch_ms, json_loads, json_number
+
+
+def channel_query(channels: tuple[str, ...]) -> bytes:
+    """``?channel=a&channel=b``, each name percent-encoded (``bench%3A3``); empty for none."""
+    if not channels:
+        return b""
+    return ("?" + "&".join("channel=" + quote(name, safe="") for name in channels)).encode()
+
 
 if TYPE_CHECKING:
     from bench.loadgen.tracking import Tracker
@@ -30,7 +39,8 @@ class SseClient(Client):
     def request(self) -> bytes:
         run = self.run
         return (
-            b"GET " + run.sse_request_path + b" HTTP/1.1\r\nHost: " + run.host_header + b"\r\n"
+            b"GET " + run.sse_request_path + channel_query(self.channels) + b" HTTP/1.1\r\n"
+            b"Host: " + run.host_header + b"\r\n"
             b"Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
         )
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bench.wire.client import Client
 from bench.wire.frames import (
@@ -20,6 +21,10 @@ from bench.wire.frames import (
 
 if TYPE_CHECKING:
     from bench.loadgen.tracking import Tracker
+
+
+def json_dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class WsClient(Client):
@@ -47,6 +52,12 @@ class WsClient(Client):
     def send_text(self, text: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(mask_frame(0x1, text))
+
+    def emit(self, event: str, data: Any, ack_id: int | None = None) -> None:
+        """A Socket.IO EVENT ``42[event, data]``; with ``ack_id``, ``42<id>[...]``: the server
+        answers with an ACK (``Tracker.on_ack``)."""
+        head = b"42" + (str(ack_id).encode() if ack_id is not None else b"")
+        self.send_text(head + json_dumps([event, data]))
 
     def close(self) -> None:
         # The closing handshake of RFC 6455: a close frame (1000) and our FIN, then keep the
@@ -185,8 +196,17 @@ class WsClient(Client):
             self.send_text(b"3")
         elif p.startswith(b"40"):  # CONNECT ack {"sid": ...}
             run.connect_ok(self)
+        elif p.startswith(b"43"):  # ACK: 43<id>[...]
+            try:
+                bracket = p.index(b"[")
+                run.on_ack(self, int(p[2:bracket]), json_loads(p[bracket:]))
+            except (ValueError, TypeError):
+                run.errors["protocol"] += 1
+                run.sample_err("protocol", repr(p[:60]))
         elif p.startswith(b"0"):  # Engine.IO OPEN -> CONNECT to the default namespace
-            self.send_text(b"40")
+            # With channels: in the CONNECT's auth ({"channels": [...]}), as io({auth}) does.
+            auth = json_dumps({"channels": list(self.channels)}) if self.channels else b""
+            self.send_text(b"40" + auth)
         elif p.startswith(b"44"):
             run.connect_fail(self, f"connect_error {p[:80].decode(errors='replace')}")
         elif p.startswith(b"41"):
