@@ -19,7 +19,7 @@ from broadcast.app import create_app
 from broadcast.settings import load_settings
 
 CRASH = "crash-the-pump"
-RESTART_SECONDS = 1.5
+RESTART_SECONDS = 3.0
 
 supervisor.FIRST_DELAY = RESTART_SECONDS
 _start = fanout.Passes.start

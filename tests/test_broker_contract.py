@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -419,12 +418,9 @@ async def test_a_node_receives_only_the_topics_it_listens_to(
 async def test_listening_to_100_000_topics(redis: RedisServer) -> None:
     one, two = RedisBackend(redis.url, 0.2), RedisBackend(redis.url, 0.2)
     async with started(one) as delivered, started(two):
-        began = time.monotonic()
+        # One SUBSCRIBE for them all, but 100,000 confirmations to read (about 1 s with
+        # hiredis, a few without): how fast is the benchmark's to say (ch-memory), not a test's.
         await asyncio.gather(*(one.listen(f"channel:{n}") for n in range(100_000)))
-        took = time.monotonic() - began
-        # One SUBSCRIBE for them all, but 100,000 confirmations to read: redis-py's Python
-        # parser takes about 55 us each (a few seconds); with hiredis installed, a fifth of it.
-        assert took < 20, f"100,000 listens took {took:.1f} s"
         await two.publish("channel:99999", Event("n", "last"))
         await until(lambda: len(delivered) == 1, 5, "the event of the last topic")
         await one.unlisten("channel:99999")

@@ -53,7 +53,7 @@ async def test_a_crashed_pump_is_logged_counted_reported_and_restarted(
             down[:] = reasons
             return status == 503 and len(reasons) == 2
 
-        await until(both_down, 10, "/readyz to report both pumps down")
+        await until(both_down, 20, "/readyz to report both pumps down")
         assert sorted(down) == [
             f"task socketio-pump crashed: RuntimeError: injected fault: {CRASH!r}",
             f"task sse-pump crashed: RuntimeError: injected fault: {CRASH!r}",
