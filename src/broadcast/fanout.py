@@ -20,6 +20,7 @@ A client the pump cannot keep up with is evicted with a typed reason (``eviction
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable
@@ -193,20 +194,24 @@ class ChannelMembers(Generic[R]):
 
 
 class _ByChannel:
-    """The events of one span by channel: which of them a client of some channels is owed."""
+    """The events of one span by channel: which of them a client of some channels is owed.
+
+    Each event is kept with its place in the span, so a client's events are a merge of its
+    channels' lists (and those to everyone): O(its events), not O(the span), which after a storm
+    over thousands of channels holds thousands of ``channel count`` events."""
 
     __slots__ = ("channels", "events", "everyone")
 
     def __init__(self, events: list[Event]) -> None:
         self.events = events
-        self.everyone = False
-        """Some of them are to everyone."""
-        self.channels: dict[str, list[Event]] = {}
-        for event in events:
+        self.everyone: list[tuple[int, Event]] = []
+        """Those to everyone."""
+        self.channels: dict[str, list[tuple[int, Event]]] = {}
+        for place, event in enumerate(events):
             if event.channel is None:
-                self.everyone = True
+                self.everyone.append((place, event))
             else:
-                self.channels.setdefault(event.channel, []).append(event)
+                self.channels.setdefault(event.channel, []).append((place, event))
 
     def owed(self, channels: Collection[str]) -> frozenset[str]:
         """The channels of the span among ``channels`` (from the smaller side: a client has a
@@ -220,9 +225,13 @@ class _ByChannel:
         """The events to everyone and those of the channels ``owed``, in order."""
         if len(owed) == len(self.channels):
             return self.events
-        if not self.everyone and len(owed) == 1:
-            return self.channels[next(iter(owed))]
-        return [e for e in self.events if e.channel is None or e.channel in owed]
+        lists = [self.channels[channel] for channel in owed]
+        if self.everyone:
+            lists.append(self.everyone)
+        if len(lists) == 1:
+            return [event for _, event in lists[0]]
+        # Places are distinct: the merge never compares two events.
+        return [event for _, event in heapq.merge(*lists)]
 
 
 class Pump(Generic[R]):
