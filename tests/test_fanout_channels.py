@@ -132,3 +132,28 @@ async def test_a_client_that_missed_passes_gets_only_what_is_new() -> None:
     await setup.settle(lambda: len(a.got) == 2 and len(b.got) == 5)
     assert [e.data for e in a.got] == [1, 6]
     assert [e.data for e in b.got] == [2, 3, 4, 5, 6]
+
+
+def test_the_pass_index_cuts_each_clients_events_from_its_position() -> None:
+    """One index for a pass serves clients at any position (checked against a plain filter),
+    and events that join the pass are taken in."""
+    from broadcast.fanout import EventLog, _Index
+
+    rng = random.Random(11)
+    channels = [f"c{k}" for k in range(8)]
+    log: EventLog[Event] = EventLog()
+    published = [event(n, rng.choice([None, *channels])) for n in range(300)]
+    log.add(1000, published[:200])
+    index = _Index(log)
+    assert index.extend() == 1200
+    log.add(1200, published[200:])  # joined mid-pass
+    assert index.extend() == 1300
+    for _ in range(500):
+        mine = frozenset(rng.sample(channels, rng.randint(0, 3)))
+        position = rng.randrange(1000, 1300)
+        expected = [
+            e for e in published[position - 1000 :] if e.channel is None or e.channel in mine
+        ]
+        owed = index.owed(mine, position)
+        assert owed == {e.channel for e in expected if e.channel is not None}
+        assert index.events_of(owed, position) == expected

@@ -23,8 +23,9 @@ import asyncio
 import heapq
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Collection, Iterable
-from itertools import chain
+from itertools import chain, islice
 from typing import Any, Generic, Protocol, TypeVar
 
 from broadcast.broker.hub import Subscriber, SubscriberClosed
@@ -193,45 +194,67 @@ class ChannelMembers(Generic[R]):
         return self._channels.get(channel) or ()
 
 
-class _ByChannel:
-    """The events of one span by channel: which of them a client of some channels is owed.
+class _Index:
+    """The log's events by channel, each with its index, for one pass: which of them a client at
+    some position, of some channels, is owed.
 
-    Each event is kept with its place in the span, so a client's events are a merge of its
-    channels' lists (and those to everyone): O(its events), not O(the span), which after a storm
-    over thousands of channels holds thousands of ``channel count`` events."""
+    One index serves every client of the pass, whatever its position (a client's events are
+    cut from its channels' lists with a bisection), and grows as events join the pass. Built
+    per position instead, a storm's pass (clients at hundreds of positions over a log of
+    thousands of ``channel count`` events) copied the log once per position: O(log x
+    positions) of time and of memory at its peak."""
 
-    __slots__ = ("channels", "events", "everyone")
+    __slots__ = ("channels", "everyone", "log", "upto")
 
-    def __init__(self, events: list[Event]) -> None:
-        self.events = events
+    def __init__(self, log: EventLog[Event]) -> None:
+        self.log = log
+        self.upto = log.start
         self.everyone: list[tuple[int, Event]] = []
         """Those to everyone."""
         self.channels: dict[str, list[tuple[int, Event]]] = {}
-        for place, event in enumerate(events):
-            if event.channel is None:
-                self.everyone.append((place, event))
-            else:
-                self.channels.setdefault(event.channel, []).append((place, event))
 
-    def owed(self, channels: Collection[str]) -> frozenset[str]:
-        """The channels of the span among ``channels`` (from the smaller side: a client has a
-        few channels, a span after a storm hundreds)."""
-        mine, span = self.channels, channels
-        if len(channels) < len(mine):
-            return frozenset(c for c in channels if c in mine)
-        return frozenset(c for c in mine if c in span)
+    def extend(self) -> int:
+        """Take in the events that joined the log since; its head."""
+        log = self.log
+        head = log.head
+        if self.upto < head:
+            everyone, channels = self.everyone, self.channels
+            for index in range(self.upto, head):
+                event = log.items[index - log.start]
+                if event.channel is None:
+                    everyone.append((index, event))
+                else:
+                    channels.setdefault(event.channel, []).append((index, event))
+            self.upto = head
+        return head
 
-    def events_of(self, owed: frozenset[str]) -> list[Event]:
-        """The events to everyone and those of the channels ``owed``, in order."""
-        if len(owed) == len(self.channels):
-            return self.events
-        lists = [self.channels[channel] for channel in owed]
-        if self.everyone:
-            lists.append(self.everyone)
+    def owed(self, channels: Collection[str], position: int) -> frozenset[str]:
+        """The channels among ``channels`` with events from ``position`` on (from the smaller
+        side: a client has a few channels, a pass after a storm hundreds)."""
+        mine = self.channels
+        if len(channels) <= len(mine):
+            return frozenset(
+                c for c in channels if (events := mine.get(c)) and events[-1][0] >= position
+            )
+        return frozenset(
+            c for c, events in mine.items() if events[-1][0] >= position and c in channels
+        )
+
+    def events_of(self, owed: frozenset[str], position: int) -> list[Event]:
+        """The events from ``position`` on to everyone and of the channels ``owed``, in
+        order."""
+        start = (position,)  # sorts before (position, event): indices are distinct
+        lists = [
+            (events, bisect_left(events, start)) for events in map(self.channels.__getitem__, owed)
+        ]
+        everyone = self.everyone
+        if everyone and everyone[-1][0] >= position:
+            lists.append((everyone, bisect_left(everyone, start)))
         if len(lists) == 1:
-            return [event for _, event in lists[0]]
-        # Places are distinct: the merge never compares two events.
-        return [event for _, event in heapq.merge(*lists)]
+            events, first = lists[0]
+            return [event for _, event in islice(events, first, None)]
+        # Indices are distinct: the merge never compares two events.
+        return [event for _, event in heapq.merge(*(islice(e, f, None) for e, f in lists))]
 
 
 class Pump(Generic[R]):
@@ -290,23 +313,25 @@ class Pump(Generic[R]):
         while True:
             await passes.start()
             delivered = 0
+            index = _Index(log)
             # The spans of this pass, by start and end, then by the channels owed of them.
-            spans: dict[tuple[int, int], tuple[_ByChannel, dict[frozenset[str], Span]]] = {}
+            spans: dict[tuple[int, int], dict[frozenset[str], Span]] = {}
+            head = index.extend()
             for number, recipient in enumerate(self._visits(log.items), 1):
                 if not number % SLICE:
                     await passes.breathe()
-                position, head = max(recipient.position, log.start), log.head
+                    head = index.extend()
+                position = max(recipient.position, log.start)
                 if position >= head or recipient.gone:
                     continue
                 recipient.position = head
-                found = spans.get((position, head))
-                if found is None:
-                    found = spans[(position, head)] = (_ByChannel(log.since(position)), {})
-                by_channel, by_owed = found
-                owed = by_channel.owed(recipient.channels)
+                by_owed = spans.get((position, head))
+                if by_owed is None:
+                    by_owed = spans[(position, head)] = {}
+                owed = index.owed(recipient.channels, position)
                 span = by_owed.get(owed)
                 if span is None:
-                    span = by_owed[owed] = Span((position, head), by_channel.events_of(owed))
+                    span = by_owed[owed] = Span((position, head), index.events_of(owed, position))
                 if not span.events:
                     continue
                 sent = self._deliver(recipient, span)
