@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -191,6 +192,64 @@ async def test_refused_publishes_say_why_and_deliver_nothing(
     sio, sse = audience.received()
     assert sio == [("marker", None)]
     assert [name for name, _, _ in sse] == ["marker"]
+
+
+async def test_a_body_without_length_is_read_and_bounded(
+    publish_server: Server, audience: Audience
+) -> None:
+    """A chunked body (no Content-Length): taken whole when small, a 413 as soon as it passes
+    the limit."""
+
+    async def chunks(data: bytes) -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 100):
+            yield data[start : start + 100]
+
+    small = json.dumps({"event": "chunked", "data": "y" * 300}).encode()
+    response = await post(publish_server, content=chunks(small), headers=AUTH)
+    assert response.status_code == 202, response.text
+    large = json.dumps({"event": "chunked", "data": "y" * 3000}).encode()
+    response = await post(publish_server, content=chunks(large), headers=AUTH)
+    assert response.status_code == 413, response.text
+    assert response.json() == {"status_code": 413, "detail": "Request Entity Too Large"}
+    await audience.wait_for(1)
+    assert audience.received()[0] == [("chunked", "y" * 300)]
+
+
+async def test_a_refused_shape_says_which_field(publish_server: Server) -> None:
+    response = await post(
+        publish_server, json={"event": "x", "data": 1, "channel": 5}, headers=AUTH
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        "status_code": 400,
+        "detail": "Validation failed for POST /publish",
+        "extra": [
+            {"message": "Expected `str | null`, got `int`", "key": "channel", "source": "body"}
+        ],
+    }
+    response = await post(publish_server, content=b"", headers=AUTH)
+    assert response.status_code == 400
+    assert response.json()["detail"] == "malformed JSON: the body is empty"
+
+
+async def test_a_publisher_that_hangs_up_mid_body_costs_nothing(
+    publish_server: Server, audience: Audience
+) -> None:
+    host, port = publish_server.url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {TOKEN}\r\nContent-Length: 200\r\n\r\n".encode()
+        + b'{"event": "cut'
+    )
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    marker = await post(publish_server, json={"event": "marker"}, headers=AUTH)
+    assert marker.status_code == 202
+    await audience.wait_for(1)
+    assert audience.received()[0] == [("marker", None)]
+    assert "Traceback" not in publish_server.log()
 
 
 async def test_one_bad_event_refuses_the_whole_batch(

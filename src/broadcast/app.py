@@ -40,6 +40,7 @@ from broadcast.overrides import choose as choose_overrides
 from broadcast.overrides.hypercorn import SERVER_SEND
 from broadcast.presence import Presence
 from broadcast.publish import create_publish_router, publish_tokens
+from broadcast.publish_lean import LeanPublish
 from broadcast.session import Sessions
 from broadcast.settings import ConfigError, Settings, load_settings, redact_url
 from broadcast.supervisor import Supervisor
@@ -96,9 +97,10 @@ class BroadcastApp(Litestar):
     """Litestar, keeping the ASGI server's own ``send`` in each connection's scope: Litestar
     wraps it, and the fan-out finds the client's socket from the server's
     (``overrides/hypercorn.py``). Once draining, new streams and Socket.IO sessions are refused
-    (``drain.py``)."""
+    (``drain.py``). ``POST /publish`` is served below Litestar (``publish_lean.py``)."""
 
     gate = drain.Gate()  # create_app gives each app its own
+    lean_publish: LeanPublish | None = None  # create_app sets it
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -110,7 +112,10 @@ class BroadcastApp(Litestar):
         scope[SERVER_SEND] = send
         self.gate.entered()
         try:
-            await super().__call__(scope, receive, send)
+            if self.lean_publish is not None and self.lean_publish.takes(scope):
+                await self.lean_publish(scope, receive, send)
+            else:
+                await super().__call__(scope, receive, send)
         finally:
             # ``send`` is bound to hypercorn's stream, which holds this scope: left here, every
             # request ends as a reference cycle holding its body (a publish's whole event),
@@ -284,6 +289,7 @@ def create_app(settings: Settings) -> BroadcastApp:
         state=State({"drain": drain_now}),
     )
     app.gate = gate
+    app.lean_publish = LeanPublish(broker, tokens, settings.publish_max_bytes)
     return app
 
 

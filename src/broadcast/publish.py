@@ -200,13 +200,46 @@ def _client_error(_: Request[Any, Any, Any], exc: ClientException) -> Response[d
 
 
 async def refuse_lone_surrogates(request: Request[Any, Any, Any]) -> None:
-    """Before the body is decoded (Litestar keeps it for that): a clear 400 for JSON whose
-    text is not Unicode, which the decoder would call "truncated"."""
-    if where := lone_surrogate(await request.body()):
-        raise ClientException(
+    """Before the body is decoded (Litestar keeps it for that)."""
+    if refusal := lone_surrogate_refusal(await request.body()):
+        raise refusal
+
+
+async def deliver(broker: Broker, events: list[Event]) -> list[str]:
+    """Publish ``events`` in order; their ids. 503 if the broker cannot take them now."""
+    ids: list[str] = []
+    for event in events:
+        try:
+            with broker.metrics.publish_seconds.time():
+                ids.append(await broker.publish(event))
+            broker.metrics.published.labels("http").inc()
+        except BrokerUnavailable as exc:
+            # Refuse rather than accept what cannot be delivered; a batch cut short says
+            # which events did go out, so a retry can skip them.
+            raise ServiceUnavailableException(
+                detail=f"cannot deliver now: {exc}; published {len(ids)} of {len(events)}",
+                headers={"Retry-After": "1"},
+                extra={"published_ids": ids},
+            ) from exc
+    return ids
+
+
+def too_large(length: str, limit: int) -> ClientException:
+    return ClientException(
+        status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        detail=f"body of {length} bytes is over the limit of {limit} (BROADCAST_PUBLISH_MAX_BYTES)",
+    )
+
+
+def lone_surrogate_refusal(body: bytes) -> ClientException | None:
+    """A clear 400 for JSON whose text is not Unicode, which the decoder would call
+    "truncated"."""
+    if where := lone_surrogate(body):
+        return ClientException(
             detail=f"malformed JSON: {where}: JSON text must be valid Unicode (a \\ud800-\\udbff "
             "escape must be followed by a \\udc00-\\udfff one)"
         )
+    return None
 
 
 def create_publish_router(settings: Settings, broker: Broker, tokens: PublishTokens) -> Router:
@@ -218,11 +251,7 @@ def create_publish_router(settings: Settings, broker: Broker, tokens: PublishTok
         authorize(connection, tokens)
         length = connection.headers.get("content-length", "")
         if length.isdigit() and int(length) > settings.publish_max_bytes:
-            raise ClientException(
-                status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-                detail=f"body of {length} bytes is over the limit of "
-                f"{settings.publish_max_bytes} (BROADCAST_PUBLISH_MAX_BYTES)",
-            )
+            raise too_large(length, settings.publish_max_bytes)
 
     @post(
         "/",
@@ -238,7 +267,7 @@ def create_publish_router(settings: Settings, broker: Broker, tokens: PublishTok
     )
     async def publish(request: Request[Any, Any, Any], data: PublishRequest) -> Published:
         event = checked_event(data, publisher_of(request))
-        return Published(id=(await deliver([event]))[0])
+        return Published(id=(await deliver(broker, [event]))[0])
 
     @post(
         "/batch",
@@ -259,24 +288,7 @@ def create_publish_router(settings: Settings, broker: Broker, tokens: PublishTok
                 events.append(checked_event(item, publisher))
             except (ValidationException, PermissionDeniedException) as exc:
                 raise type(exc)(detail=f"events[{index}]: {exc.detail}") from None
-        return BatchPublished(ids=await deliver(events))
-
-    async def deliver(events: list[Event]) -> list[str]:
-        ids: list[str] = []
-        for event in events:
-            try:
-                with broker.metrics.publish_seconds.time():
-                    ids.append(await broker.publish(event))
-                broker.metrics.published.labels("http").inc()
-            except BrokerUnavailable as exc:
-                # Refuse rather than accept what cannot be delivered; a batch cut short says
-                # which events did go out, so a retry can skip them.
-                raise ServiceUnavailableException(
-                    detail=f"cannot deliver now: {exc}; published {len(ids)} of {len(events)}",
-                    headers={"Retry-After": "1"},
-                    extra={"published_ids": ids},
-                ) from exc
-        return ids
+        return BatchPublished(ids=await deliver(broker, events))
 
     return Router(
         path="/publish",
