@@ -194,6 +194,9 @@ class ChannelMembers(Generic[R]):
         return self._channels.get(channel) or ()
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 class _Index:
     """The log's events by channel, each with its index, for one pass: which of them a client at
     some position, of some channels, is owed.
@@ -204,7 +207,7 @@ class _Index:
     thousands of ``channel count`` events) copied the log once per position: O(log x
     positions) of time and of memory at its peak."""
 
-    __slots__ = ("channels", "everyone", "log", "upto")
+    __slots__ = ("_ones", "channels", "everyone", "log", "upto")
 
     def __init__(self, log: EventLog[Event]) -> None:
         self.log = log
@@ -212,6 +215,7 @@ class _Index:
         self.everyone: list[tuple[int, Event]] = []
         """Those to everyone."""
         self.channels: dict[str, list[tuple[int, Event]]] = {}
+        self._ones: dict[str, frozenset[str]] = {}
 
     def extend(self) -> int:
         """Take in the events that joined the log since; its head."""
@@ -232,6 +236,15 @@ class _Index:
         """The channels among ``channels`` with events from ``position`` on (from the smaller
         side: a client has a few channels, a pass after a storm hundreds)."""
         mine = self.channels
+        if len(channels) == 1:  # most clients: no set to build
+            for channel in channels:
+                events = mine.get(channel)
+                if events and events[-1][0] >= position:
+                    one = self._ones.get(channel)
+                    if one is None:
+                        one = self._ones[channel] = frozenset((channel,))
+                    return one
+            return _NONE
         if len(channels) <= len(mine):
             return frozenset(
                 c for c in channels if (events := mine.get(c)) and events[-1][0] >= position
@@ -313,15 +326,19 @@ class Pump(Generic[R]):
         while True:
             await passes.start()
             delivered = 0
+            deliver = self._deliver
             index = _Index(log)
             # The spans of this pass, by start and end, then by the channels owed of them.
             spans: dict[tuple[int, int], dict[frozenset[str], Span]] = {}
             head = index.extend()
+            start = log.start  # until the pass ends (the log is trimmed only then)
             for number, recipient in enumerate(self._visits(log.items), 1):
                 if not number % SLICE:
                     await passes.breathe()
                     head = index.extend()
-                position = max(recipient.position, log.start)
+                position = recipient.position
+                if position < start:
+                    position = start
                 if position >= head or recipient.gone:
                     continue
                 recipient.position = head
@@ -334,9 +351,9 @@ class Pump(Generic[R]):
                     span = by_owed[owed] = Span((position, head), index.events_of(owed, position))
                 if not span.events:
                     continue
-                sent = self._deliver(recipient, span)
+                sent = deliver(recipient, span)
                 # A transport may have to wait to hand over (Socket.IO during an upgrade).
-                delivered += sent if isinstance(sent, int) else await sent
+                delivered += sent if type(sent) is int else await sent  # type: ignore[misc]
             self._delivered.inc(delivered)
             self._fanout_seconds.observe(passes.end())
             if self._after_pass is not None:

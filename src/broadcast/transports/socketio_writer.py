@@ -10,6 +10,7 @@ gone at once.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from engineio import packet as eio_packet
@@ -58,50 +59,51 @@ class Writer:
         self._too_slow: list[str] = []
         """Clients found over their budget during a pass (evicted after it)."""
 
-    async def send(self, client: SocketIOClient, span: Span) -> int:
+    def send(self, client: SocketIOClient, span: Span) -> int | Awaitable[int]:
         """Send one client the events of ``span``, but for those its replay already sent; how
-        many.
+        many (awaitable when they go through its Engine.IO queue).
 
         A websocket client whose Engine.IO queue is idle (nothing on its way through ASGI) gets
         their WebSocket frames written straight to its socket, framed once for every client owed
-        the same events (``overrides/hypercorn.py``); any other gets the packets on its
-        Engine.IO queue, for its writer."""
+        the same events (``overrides/hypercorn.py``): the hot path, with nothing to await. Any
+        other gets the packets on its Engine.IO queue, for its writer."""
         if client.pending is not None:  # replaying: these go out after
             client.pending.extend(span.events)
             return 0
         eio_sid = client.eio_sid
-        socket = self._server.eio.sockets.get(eio_sid)
+        eio = self._server.eio
+        socket = eio.sockets.get(eio_sid)
         if socket is None or socket.closed:
             return 0
-        key = "plain" if client.resume_from is None else "with ids"
         if client.replay is not None and not client.replay.done:
-            frames = _frames(client.replay.fresh(span.events), key)
-            shared = False
+            frames = _frames(client.replay.fresh(span.events), client.resume_from is not None)
+            data = None
         else:
-            frames = span.encoded(key, lambda events: _frames(events, key))
-            shared = True
+            frames, data = span.encoded(
+                WITH_IDS if client.resume_from is not None else PLAIN,
+                _encode_with_ids if client.resume_from is not None else _encode_plain,
+            )
         if not frames:
             return 0
-        budget = self._budget
-        queue = socket.queue
-        connection = self._server.eio.websockets.get(eio_sid)
+        connection = eio.websockets.get(eio_sid)
         if (
             connection is not None
-            and queue.idle
+            and socket.queue.idle
             and socket.upgraded
             and not socket.upgrading
             and connection.writable
         ):
-            if shared:
-                data = span.encoded(key + " websocket", lambda _: _websocket(frames))
-            else:
-                data = _websocket(frames)
-            if connection.write(data, budget):
+            if connection.write(data if data is not None else _websocket(frames), self._budget):
                 self._too_slow.append(eio_sid)
             return len(frames)
+        return self._queue(eio_sid, socket, frames)
+
+    async def _queue(self, eio_sid: str, socket: Any, frames: list[Frame]) -> int:
+        """The packets on the client's Engine.IO queue, for its writer (during an upgrade, on
+        polling, or behind what its writer has yet to send)."""
         for frame in frames:
             await self._put(socket, frame)
-        if queue.bytes > budget and queue.qsize() > 1:
+        if socket.queue.bytes > self._budget and socket.queue.qsize() > 1:
             self._too_slow.append(eio_sid)
         return len(frames)
 
@@ -138,12 +140,26 @@ class Writer:
             socket.queue.put_nowait(None)
 
 
-def _frames(events: list[Event], key: str) -> list[Frame]:
-    """Engine.IO packets for ``events``: ``plain`` for classic clients, ``with ids`` for those
-    that resume (the id as a last argument)."""
-    if key == "plain":
-        return [Frame(event.socketio_text) for event in events]
-    return [Frame(event.socketio_text_with_id) for event in events]
+PLAIN = "plain"
+WITH_IDS = "with ids"
+
+
+def _frames(events: list[Event], with_ids: bool) -> list[Frame]:
+    """Engine.IO packets for ``events``: plain for classic clients, with ids for those that
+    resume (the id as a last argument)."""
+    if with_ids:
+        return [Frame(event.socketio_text_with_id) for event in events]
+    return [Frame(event.socketio_text) for event in events]
+
+
+def _encode_plain(events: list[Event]) -> tuple[list[Frame], bytes]:
+    frames = _frames(events, False)
+    return frames, _websocket(frames)
+
+
+def _encode_with_ids(events: list[Event]) -> tuple[list[Frame], bytes]:
+    frames = _frames(events, True)
+    return frames, _websocket(frames)
 
 
 def _websocket(frames: list[Frame]) -> bytes:

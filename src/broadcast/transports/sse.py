@@ -388,11 +388,8 @@ class SSETransport:
             if events:
                 self._write(stream, stream.framing(_frames(events)))
             return len(events)
-        if stream.framing is http_chunk:
-            data = span.encoded("sse-chunked", lambda events: http_chunk(_sse(span)))
-        else:
-            data = _sse(span)
-        self._write(stream, data)
+        chunked = stream.framing is http_chunk
+        self._write(stream, span.encoded("sse-chunked", _chunked) if chunked else _sse(span))
         return len(span.events)
 
     async def _run_pump(self, subscriber: Subscriber) -> None:
@@ -418,6 +415,10 @@ class SSETransport:
 
 def _frames(events: list[Event]) -> bytes:
     return b"".join(event.sse_frame for event in events)
+
+
+def _chunked(events: list[Event]) -> bytes:
+    return http_chunk(_frames(events))
 
 
 def _sse(span: Span) -> bytes:
