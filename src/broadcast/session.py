@@ -81,6 +81,15 @@ class Client:
         return self.evicted is not None or not self.joined
 
 
+UNLISTEN_AFTER_SECONDS = 1.0
+"""A channel's last local subscriber gone, the node stops receiving its events after this: a
+client that subscribes again at once (a page reload) keeps the listening."""
+
+LISTEN_GRACE_SECONDS = 10.0
+"""A channel listened to for a subscription that never came (its request failed) is let go
+after this."""
+
+
 class Sessions:
     """Admission, presence and resume for the clients of both transports."""
 
@@ -98,6 +107,10 @@ class Sessions:
         self.channel_presence = channel_presence
         self.policy = policy
         self._unlisten: set[str] = set()
+        self._listened: dict[str, float] = {}
+        """Channels listened to for a subscription not made yet: when (the loop's clock)."""
+        self.unlisten_after = UNLISTEN_AFTER_SECONDS
+        self.listen_grace = LISTEN_GRACE_SECONDS
         self._unlisten_tasks: set[asyncio.Task[None]] = set()
         self._identity = identity
         self._replay_budget = replay_budget(buffer_bytes)
@@ -143,6 +156,12 @@ class Sessions:
         new = [name for name in names if name not in self.channel_presence.local]
         self._unlisten.difference_update(new)
         await asyncio.gather(*(self._broker.listen(name) for name in new))
+        # Checked again later: a request that fails between here and its subscription (the
+        # client gone meanwhile) must not leave the node listening for nobody.
+        now = asyncio.get_running_loop().time()
+        for name in new:
+            self._listened[name] = now
+            self._unlisten_soon(name)
 
     def add_channels(self, client: Client, names: list[str]) -> list[str]:
         """Subscribe ``client`` to ``names`` (checked, listened to); the channels whose new
@@ -152,6 +171,7 @@ class Sessions:
             if name in client.channels:
                 continue
             client.channels[name] = None
+            self._listened.pop(name, None)
             _, announced = self.channel_presence.join(name, client.username)
             if not announced:
                 untold.append(name)
@@ -174,12 +194,24 @@ class Sessions:
         # Not at once: a client that resubscribes right away (a page reload) keeps the
         # listening, and leaves are synchronous (a disconnect) while unlistening is not.
         if not self._unlisten:
-            asyncio.get_running_loop().call_later(1.0, self._unlisten_idle)
+            asyncio.get_running_loop().call_later(self.unlisten_after, self._unlisten_idle)
         self._unlisten.add(name)
 
     def _unlisten_idle(self) -> None:
-        idle = [n for n in self._unlisten if n not in self.channel_presence.local]
+        now = asyncio.get_running_loop().time()
+        idle, later = [], []
+        for name in self._unlisten:
+            if name in self.channel_presence.local:
+                continue
+            listened = self._listened.get(name)
+            if listened is not None and now - listened < self.listen_grace:
+                later.append(name)  # its subscription may still come
+                continue
+            self._listened.pop(name, None)
+            idle.append(name)
         self._unlisten.clear()
+        for name in later:
+            self._unlisten_soon(name)
         if idle:
             task = asyncio.get_running_loop().create_task(self._unlisten_all(idle))
             self._unlisten_tasks.add(task)
