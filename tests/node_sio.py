@@ -1,13 +1,14 @@
-"""The official Node Socket.IO client as a recovering client: ``tests/node/sio-client.mjs`` in a
-Node process, driven by line commands (``engine-close``, ``disconnect``, ``connect``,
-``forge-pid x``, ``forge-offset y``, ``state``, ``exit``). Every line it prints is kept, in
-order, in ``lines``; a test waits for one with ``wait`` (a deadline, never a sleep) and reads
-what came after a ``mark``."""
+"""The official Node Socket.IO client (npm ``socket.io-client``) as a test's client:
+``tests/node/sio-client.mjs`` in a Node process, driven by line commands (``emit``,
+``engine-close``, ``disconnect``, ``connect``, ``forge-pid x``, ``forge-offset y``, ``state``,
+``exit``). Every line it prints is kept, in order, in ``lines``; a test waits for one with
+``wait`` (a deadline, never a sleep) and reads what came after a ``mark``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import shutil
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +30,7 @@ class NodeSio:
     process: asyncio.subprocess.Process
     lines: list[Line] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
+    _refs: itertools.count[int] = field(default_factory=itertools.count)
 
     async def command(self, text: str) -> None:
         assert self.process.stdin is not None
@@ -62,6 +64,16 @@ class NodeSio:
 
     async def disconnection(self, after: int = 0, within: float = 10) -> Line:
         return await self.wait(lambda line: line["t"] == "disconnect", "disconnect", after, within)
+
+    async def call(self, event: str, *args: Any) -> Any:
+        """Emit ``event`` with ``args`` and an acknowledgement callback: its first argument."""
+        ref = next(self._refs)
+        await self.command("emit " + json.dumps({"event": event, "args": list(args), "ref": ref}))
+        ack = await self.wait(
+            lambda line: line["t"] == "ack" and line["ref"] == ref, f"{event} ack"
+        )
+        assert "error" not in ack, f"{event}: no acknowledgement: {ack['error']}"
+        return ack["args"][0]
 
     async def state(self) -> Line:
         mark = self.mark()

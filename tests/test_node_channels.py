@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import StartServer
-from tests.node_client import NodeClient, node_client
+from tests.node_sio import NodeSio, node_sio
 from tests.support import Server, until
 
 TOKEN = "node-channels-token-0123456789"
@@ -32,41 +32,36 @@ async def publish(server: Server, data: int, channel: str | None = None) -> None
     assert response.status_code == 202, response.text
 
 
-async def news_after(client: NodeClient, last: int) -> list[Any]:
+async def news_after(client: NodeSio, last: int) -> list[Any]:
     """The ``news`` the client got, once the one published last (``last``) has arrived."""
-    await client.wait_for(
-        lambda m: m["type"] == "event" and m["event"] == "news" and m["args"] == [last],
-        f"news {last}",
-    )
-    return client.events("news")
+    await client.event("news", [last])
+    return firsts(client.events("news"))
 
 
-def channel_counts(client: NodeClient) -> list[Any]:
-    return client.events("channel count")
+def firsts(events: list[list[Any]]) -> list[Any]:
+    return [args[0] if args else None for args in events]
+
+
+def channel_counts(client: NodeSio) -> list[Any]:
+    return firsts(client.events("channel count"))
+
+
+def node_client(url: str, auth: dict[str, Any]) -> Any:
+    """Connected at once with ``auth``, over websocket, never reconnecting: a test sees every
+    refusal and disconnection as it happens."""
+    return node_sio(url, auth=auth, transports=["websocket"], reconnection=False)
 
 
 async def test_subscribe_and_unsubscribe_with_acks(publish_server: Server) -> None:
     server = publish_server
-    async with node_client(server.url) as client:
-        assert (await client.connect({"channels": ["room-1"]}))["type"] == "connect"
-        await client.wait_for(
-            lambda m: (
-                m.get("event") == "channel count"
-                and m["args"] == [{"channel": "room-1", "count": 1}]
-            ),
-            "room-1's count at connect",
-        )
+    async with node_client(server.url, {"channels": ["room-1"]}) as client:
+        assert (await client.connection())["t"] == "connect"
+        await client.event("channel count", [{"channel": "room-1", "count": 1}])
 
         ack = await client.call("subscribe", ["room-2", "room-3"])
         assert ack == {"ok": True, "channels": ["room-1", "room-2", "room-3"]}
         for room in ("room-2", "room-3"):
-            await client.wait_for(
-                lambda m, room=room: (
-                    m.get("event") == "channel count"  # type: ignore[misc]
-                    and m["args"] == [{"channel": room, "count": 1}]
-                ),
-                f"{room}'s count",
-            )
+            await client.event("channel count", [{"channel": room, "count": 1}])
 
         # Only its channels' events reach it, and the events to everyone.
         await publish(server, 1, "room-2")
@@ -102,17 +97,14 @@ async def test_subscribe_and_unsubscribe_with_acks(publish_server: Server) -> No
 
 async def test_counts_follow_other_subscribers(publish_server: Server) -> None:
     server = publish_server
-    async with node_client(server.url) as first, node_client(server.url) as second:
-        assert (await first.connect({"channels": ["room-1"]}))["type"] == "connect"
-        assert (await second.connect({}))["type"] == "connect"
+    async with (
+        node_client(server.url, {"channels": ["room-1"]}) as first,
+        node_client(server.url, {}) as second,
+    ):
+        assert (await first.connection())["t"] == "connect"
+        assert (await second.connection())["t"] == "connect"
         assert await second.call("subscribe", ["room-1"]) == {"ok": True, "channels": ["room-1"]}
-        await first.wait_for(
-            lambda m: (
-                m.get("event") == "channel count"
-                and m["args"] == [{"channel": "room-1", "count": 2}]
-            ),
-            "room-1's count to reach 2",
-        )
+        await first.event("channel count", [{"channel": "room-1", "count": 2}])
         assert await second.call("unsubscribe", ["room-1"]) == {"ok": True, "channels": []}
         # Its count had reached 2: the last one it has is 1 again.
         await until(
@@ -138,8 +130,8 @@ async def test_counts_follow_other_subscribers(publish_server: Server) -> None:
 async def test_invalid_channels_at_connect_are_refused_with_a_message(
     publish_server: Server, channels: Any
 ) -> None:
-    async with node_client(publish_server.url) as client:
-        refused = await client.connect({"channels": channels})
-        assert refused["type"] == "connect_error", refused
+    async with node_client(publish_server.url, {"channels": channels}) as client:
+        refused = await client.connection()
+        assert refused["t"] == "connect_error", refused
         assert "channel" in refused["message"], refused
     assert publish_server.user_count() == 0

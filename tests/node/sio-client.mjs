@@ -9,6 +9,7 @@
 //      {"t":"event","name","args"}     every event (onAny), all its arguments: the offset is last
 //      {"t":"disconnect","reason"} | {"t":"connect_error","message"}
 //      {"t":"state","id","connected","recovered","pid","offset"} (answer to "state")
+//      {"t":"ack","ref","args"} | {"t":"ack","ref","error"} (answer to "emit" with a ref)
 //      {"t":"fatal","message"}
 // In:  engine-close      socket.io.engine.close(): the transport is cut, as by a network loss
 //      disconnect        socket.disconnect(): a deliberate disconnection (a "41" is sent)
@@ -16,11 +17,14 @@
 //      forge-pid <x>     socket._pid = x (sent in the next CONNECT)
 //      forge-offset <y>  socket._lastOffset = y
 //      set-auth <json>   socket.auth = the object (sent in the next CONNECT)
+//      emit <json>       {"event", "args", "ref"?}: socket.emit(event, ...args), with an
+//                        acknowledgement callback when there is a ref
 //      state             prints the state line
 //      exit              closes the socket and ends the process
 import { createInterface } from "node:readline";
 import { io } from "socket.io-client";
 
+const ACK_TIMEOUT_MS = 5000;
 const [url, rawOptions] = process.argv.slice(2);
 const options = rawOptions ? JSON.parse(rawOptions) : {};
 const socket = io(url, { reconnectionDelay: 50, reconnectionDelayMax: 200, ...options });
@@ -62,6 +66,16 @@ const commands = {
     socket.auth = JSON.parse(value);
   },
   state: () => say({ t: "state", ...state() }),
+  emit: (value) => {
+    const { event, args, ref } = JSON.parse(value);
+    if (ref === undefined) {
+      socket.emit(event, ...args);
+      return;
+    }
+    socket.timeout(ACK_TIMEOUT_MS).emit(event, ...args, (err, ...answer) => {
+      say(err ? { t: "ack", ref, error: err.message } : { t: "ack", ref, args: answer });
+    });
+  },
   exit: () => {
     socket.close();
     lines.close();
