@@ -218,3 +218,63 @@ async def test_a_socket_that_fails_its_goodbye_is_aborted() -> None:
     assert connection.say_goodbye() is True
     assert socket.aborted, "the app hears of it and unwinds it the usual way"
     assert not connection.writable
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_direct_writes_use_the_descriptor_of_plain_tcp_only(loop_kind: str, tmp_path: Any) -> None:
+    """A plain TCP transport's descriptor is written to; a TLS transport's never (its socket
+    carries records, not the bytes written), under both event loops."""
+    import shutil
+    import ssl
+    import subprocess
+
+    import uvloop
+
+    from broadcast.watchdog import raw_fd
+
+    openssl = shutil.which("openssl")
+    assert openssl, "needs the openssl command: run scripts/setup --dev"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    client_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_tls.load_verify_locations(cert)
+
+    async def main() -> tuple[int | None, int | None]:
+        loop = asyncio.get_running_loop()
+        found: dict[str, int | None] = {}
+
+        def protocol(name: str) -> type[asyncio.Protocol]:
+            class Found(asyncio.Protocol):
+                def connection_made(self, transport: Any) -> None:
+                    found[name] = raw_fd(transport)
+
+            return Found
+
+        plain = await loop.create_server(protocol("plain"), "127.0.0.1", 0)
+        tls = await loop.create_server(protocol("tls"), "127.0.0.1", 0, ssl=server_tls)
+        for accepted, (server, context) in enumerate(((plain, None), (tls, client_tls)), 1):
+            port = server.sockets[0].getsockname()[1]
+            _, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=context, server_hostname="localhost" if context else None
+            )
+            await until(lambda n=accepted: len(found) == n, 5, "accepted")  # type: ignore[misc]
+            writer.close()
+            server.close()
+        return found["plain"], found["tls"]
+
+    if loop_kind == "uvloop":
+        plain, tls = uvloop.run(main())
+    else:
+        plain, tls = asyncio.run(main())
+    assert isinstance(plain, int)
+    assert plain >= 0
+    assert tls is None

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any, Protocol
 
@@ -50,6 +51,28 @@ class Socket(Protocol):
     def pause_reading(self) -> None: ...
 
     def write_eof(self) -> None: ...
+
+
+_PLAIN_TRANSPORTS = frozenset(
+    {("asyncio.selector_events", "_SelectorSocketTransport"), ("uvloop.loop", "TCPTransport")}
+)
+"""The event loops' plain TCP transports, whose socket carries exactly the bytes written."""
+
+
+def raw_fd(socket: Any) -> int | None:
+    """The file descriptor under ``socket`` when it is a plain TCP transport of asyncio's or
+    uvloop's (never TLS: its socket carries records, not the bytes written), for writes that
+    skip the transport while it holds nothing unsent; ``None`` for any other."""
+    kind = type(socket)
+    if (kind.__module__, kind.__name__) not in _PLAIN_TRANSPORTS:
+        return None
+    if socket.get_extra_info("sslcontext") is not None:
+        return None
+    try:
+        fd = socket.get_extra_info("socket").fileno()
+    except (AttributeError, OSError):
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
 
 
 STALLED_BYTES = 64 * 1024
@@ -77,6 +100,7 @@ class WatchedConnection:
         self._disconnect = disconnect
         self.socket = socket
         """The client's socket, for direct writes (``None``: only the ASGI path is available)."""
+        self._fd = raw_fd(socket) if socket is not None else None
         self.since: float | None = None
         """When the write in progress started (``None``: no write in progress)."""
         self.stalled_since: float | None = None
@@ -118,10 +142,27 @@ class WatchedConnection:
     def write(self, data: bytes, budget: int) -> bool:
         """Write ``data`` to the socket directly (only when ``writable``); whether the socket
         now holds more than ``budget`` bytes unsent, some of it from before this write (one
-        write larger than the budget still goes to a client that had taken everything)."""
-        assert self.socket is not None
-        self.socket.write(data)
-        buffered = self.socket.get_write_buffer_size()
+        write larger than the budget still goes to a client that had taken everything).
+
+        While the transport holds nothing unsent, the bytes go to its file descriptor, as the
+        transport would send them itself but for its own cost (a fifth of a delivery's, the
+        kernel's aside: docs/performance-log.md, "Channels, second pass"); what the kernel does
+        not take (a full buffer, an error) goes to the transport, which keeps it, or meets the
+        error and closes. ``writable`` (not closing) is checked by the caller in the same step,
+        so the descriptor is still this connection's."""
+        socket = self.socket
+        assert socket is not None
+        fd = self._fd
+        if fd is not None and not socket.get_write_buffer_size():
+            try:
+                sent = os.write(fd, data)
+            except OSError:  # full (EAGAIN), or the client gone: the transport's to handle
+                sent = 0
+            if sent < len(data):
+                socket.write(data[sent:] if sent else data)
+        else:
+            socket.write(data)
+        buffered = socket.get_write_buffer_size()
         if buffered <= STALLED_BYTES:
             self.stalled_since = None
             return False
