@@ -5,7 +5,8 @@ through the framework's send wrappers, hypercorn's stream, h11 or wsproto framin
 every websocket message when the client negotiated permessage-deflate), a lock, a socket write
 and a ``drain``: about 30 µs, paid per client per event. A fan-out that encodes an event once
 can frame it once too (``transports/framing.py``), and hand the same bytes to every client's
-transport: one buffered ``transport.write``, a few µs, which never waits on the client.
+transport: one buffered ``transport.write``, a few µs, which never waits on the client (or,
+while the transport holds nothing unsent, a write to its descriptor: ``watchdog.raw_fd``).
 
 What it relies on (hypercorn 0.18, pinned below 0.19): hypercorn's asyncio worker serving
 HTTP/1.1, where the stream's ``send`` is bound to its ``H11Protocol``, whose ``send`` is bound to
