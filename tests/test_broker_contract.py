@@ -14,7 +14,7 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 
 from broadcast.broker import Backend, PresenceBackend, create_backends
-from broadcast.broker.redis import LOG_PREFIX, SEQUENCE_KEY, RedisBackend
+from broadcast.broker.redis import LOG_PREFIX, SEQUENCE_KEY, TOPIC_PREFIX, TOPICS_KEY, RedisBackend
 from broadcast.broker.redis_topics import EVENT_CHANNEL_PREFIX
 from broadcast.events import Event, EventId, parse_event_id
 from broadcast.settings import Settings
@@ -358,6 +358,41 @@ async def test_a_topics_stream_expires_and_its_loss_is_seen(
     assert not history.complete, "what the stream held before is missing"
     assert history.oldest_id == str(after)
     assert (await node.backend.history(["channel:a"], lost[-1])).complete
+
+
+@pytest.mark.parametrize("make_node", ["redis"], indirect=True)
+async def test_a_quiet_topics_bookkeeping_is_forgotten_and_its_loss_is_seen(
+    make_node: Callable[[], object], request: pytest.FixtureRequest
+) -> None:
+    """Redis keeps nothing of a quiet topic for ever: a publish forgets the topics quiet for
+    longer than their streams live; a resume from before the forgotten events is told it
+    missed something, one from after them is not, and the topic when it comes back starts with
+    them as evicted."""
+    node: Node = await make_node()  # type: ignore[misc]
+    start = await publish(node, "start")
+    quiet = [await publish(node, n, "channel:quiet") for n in range(2)]
+    redis: RedisServer = request.getfixturevalue("redis")
+    client = aioredis.Redis.from_url(redis.url)
+    try:
+        assert await client.exists(TOPIC_PREFIX + "channel:quiet")
+        await client.zadd(TOPICS_KEY, {"channel:quiet": 0})  # as a long quiet would
+        later = await publish(node, "later", "channel:other")
+        assert not await client.exists(TOPIC_PREFIX + "channel:quiet", LOG_PREFIX + "channel:quiet")
+        assert await client.zscore(TOPICS_KEY, "channel:quiet") is None
+        assert await client.hget(SEQUENCE_KEY, "forgotten") == str(quiet[-1].offset).encode()
+        assert await client.exists(TOPIC_PREFIX + "channel:other"), "the busy one is kept"
+    finally:
+        await client.aclose()
+    history = await node.backend.history(["channel:quiet", "global"], start)
+    assert (history.events, history.complete) == ([], False), "its events went with it"
+    assert (await node.backend.history(["channel:quiet", "global"], quiet[-1])).complete
+    assert (await node.backend.history(["channel:quiet", "channel:other"], later)).complete
+    back = await publish(node, "back", "channel:quiet")
+    history = await node.backend.history(["channel:quiet"], start)
+    assert [data(e) for e in history.events] == ["back"]
+    assert not history.complete, "what it had before it was forgotten is missing"
+    assert history.oldest_id == str(back)
+    assert (await node.backend.history(["channel:quiet"], quiet[-1])).complete
 
 
 @pytest.mark.parametrize("make_node", ["redis"], indirect=True)

@@ -49,19 +49,26 @@ LOG_PREFIX = PREFIX + "log:"
 """(New names, not ``stream:`` and ``replay:``, where nodes of the version with an offset per
 channel keep theirs: during a rolling upgrade the two never write to one stream, whose entry ids
 would then go backwards.)"""
+TOPICS_KEY = PREFIX + "topics"
+"""Every topic by the time of its last publish: the quiet ones' bookkeeping is forgotten."""
 
-# KEYS[1]: the sequence, one hash: its epoch, its last offset; KEYS[2]: the topic's bookkeeping,
-# one hash: the epoch it belongs to, the bytes its history holds, the highest offset it evicted,
-# its newest offset; KEYS[3]: the topic's history stream; KEYS[4]: the topic's pub/sub channel.
+# KEYS[1]: the sequence, one hash: its epoch, its last offset, the highest offset of a forgotten
+# topic; KEYS[2]: the topic's bookkeeping, one hash: the epoch it belongs to, the bytes its
+# history holds, the highest offset it evicted, its newest offset; KEYS[3]: the topic's history
+# stream; KEYS[4]: the topic's pub/sub channel; KEYS[5]: every topic by its last publish (ms).
 # ARGV[1]: the event as JSON, ARGV[2]: how many events a topic keeps, ARGV[3]: how many bytes of
 # events, ARGV[4]: now (ms), ARGV[5]: a fresh epoch, taken when the sequence has none, ARGV[6]:
-# the oldest time kept (ms), ARGV[7]: how long a stream outlives its newest event (ms).
+# the oldest time kept (ms), ARGV[7]: how long a stream outlives its newest event (ms), ARGV[8]:
+# the topic, ARGV[9] and ARGV[10]: the prefixes of a topic's bookkeeping and stream keys.
 # Epoch and offset live in one key, so whatever loses one (FLUSHALL, a failover to an empty
 # replica, an eviction) loses both, and the next publish starts a new epoch. A topic whose
 # bookkeeping is of another epoch (or lost) loses its history at its next publish, so two
-# epochs are never mixed. A quiet topic's stream expires once all it holds is too old (its
-# bookkeeping stays: it says what was evicted); a topic whose stream alone went (so expired, or
-# lost) marks all before as evicted at its next publish. The
+# epochs are never mixed. A quiet topic's stream expires once all it holds is too old; its
+# bookkeeping goes a little later, at a publish (a few topics each time, oldest first, as the
+# in-process backend forgets its quiet topics), and its newest offset becomes the sequence's
+# ``forgotten``: what a topic without bookkeeping may have evicted, so a resume from before it
+# is told it missed something, and a topic (re)created starts with it as evicted. A topic whose
+# stream alone went (so expired, or lost) marks all before as evicted at its next publish. The
 # stream entry's id is the offset (increasing within a topic, with gaps: the other topics'), so
 # history reads by offset; ``s`` is the size counted for the entry.
 _PUBLISH = """
@@ -70,9 +77,10 @@ if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[5]) == 1 then
 end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local forgotten = redis.call('HGET', KEYS[1], 'forgotten') or '0'
 if redis.call('HGET', KEYS[2], 'epoch') ~= epoch then
   redis.call('DEL', KEYS[3])
-  redis.call('HSET', KEYS[2], 'epoch', epoch, 'bytes', 0, 'evicted', 0)
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'bytes', 0, 'evicted', forgotten)
 end
 local size = string.len(ARGV[1])
 redis.call('XADD', KEYS[3], string.format('%d-0', offset), 'e', ARGV[1], 't', ARGV[4], 's', size)
@@ -105,6 +113,18 @@ while true do
 end
 if evicted then
   redis.call('HSET', KEYS[2], 'bytes', bytes, 'evicted', string.match(evicted, '^%d+'))
+end
+redis.call('ZADD', KEYS[5], ARGV[4], ARGV[8])
+local quiet_before = string.format('(%d', tonumber(ARGV[4]) - tonumber(ARGV[7]))
+local quiet = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', quiet_before, 'LIMIT', 0, 8)
+for _, name in ipairs(quiet) do
+  local kept = redis.call('HMGET', ARGV[9] .. name, 'epoch', 'last')
+  if kept[1] == epoch and kept[2] and tonumber(kept[2]) > tonumber(forgotten) then
+    forgotten = kept[2]
+    redis.call('HSET', KEYS[1], 'forgotten', forgotten)
+  end
+  redis.call('DEL', ARGV[9] .. name, ARGV[10] .. name)
+  redis.call('ZREM', KEYS[5], name)
 end
 local id = epoch .. ':' .. string.format('%d', offset)
 redis.call('PUBLISH', KEYS[4], id .. ' ' .. ARGV[1])
@@ -181,6 +201,7 @@ class RedisBackend:
                     TOPIC_PREFIX + topic,
                     LOG_PREFIX + topic,
                     EVENT_CHANNEL_PREFIX + topic,
+                    TOPICS_KEY,
                 ],
                 args=[
                     payload,
@@ -190,6 +211,9 @@ class RedisBackend:
                     new_epoch(),
                     now - self._history_ms,
                     self._history_ms + STREAM_EXPIRY_MARGIN_MS,
+                    topic,
+                    TOPIC_PREFIX,
+                    LOG_PREFIX,
                 ],
             )
         except CONNECTION_ERRORS as exc:
@@ -201,13 +225,13 @@ class RedisBackend:
         try:
             # One transaction: the sequence and the histories of the same moment.
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hmget(SEQUENCE_KEY, "epoch", "offset")
+                pipe.hmget(SEQUENCE_KEY, "epoch", "offset", "forgotten")
                 for topic in topics:
                     pipe.hmget(TOPIC_PREFIX + topic, "epoch", "evicted", "last")
                     pipe.xrange(LOG_PREFIX + topic, "-", "+", count=1)
                     if after is not None:
                         pipe.xrange(LOG_PREFIX + topic, f"({after.offset}-0", "+")
-                (epoch_bytes, last_bytes), *replies = await pipe.execute()
+                (epoch_bytes, last_bytes, forgotten_bytes), *replies = await pipe.execute()
         except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"redis unreachable: {exc}") from exc
         epoch = _text(epoch_bytes)
@@ -222,7 +246,11 @@ class RedisBackend:
                 index * per_reply : (index + 1) * per_reply
             ]
             if epoch is None or _text(topic_epoch) != epoch:
-                continue  # nothing published to it in this epoch (what it holds is older)
+                # Nothing published to it in this epoch (what it holds is older), or since it
+                # was forgotten: what it had is missing if forgotten after the position.
+                if after is not None:
+                    complete = complete and held_in_full(after.offset, [int(forgotten_bytes or 0)])
+                continue
             first = _offset(head[0][0]) if head and float(head[0][1][b"t"]) >= cutoff else None
             events = []
             for entry_id, fields in newer[0] if newer else ():
