@@ -15,6 +15,7 @@ before it gets a ``gap`` (every event up to it is too old anyway).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import fcntl
 import itertools
@@ -107,6 +108,7 @@ class MemoryBackend:
         self._history_seconds = history_seconds
         self._history_bytes = history_bytes
         self._sibling_lock: int | None = None
+        self._sibling_lock_path: Path | None = None
 
     async def start(self, deliver: DeliverCallback, supervisor: Supervisor) -> None:
         self._deliver = deliver
@@ -117,12 +119,23 @@ class MemoryBackend:
         if self._sibling_lock is not None:
             os.close(self._sibling_lock)
             self._sibling_lock = None
+        if self._sibling_lock_path is not None:
+            # Not left behind: the next server whose parent gets this PID starts clean.
+            with contextlib.suppress(OSError):
+                self._sibling_lock_path.unlink()
+            self._sibling_lock_path = None
 
     def _warn_if_a_sibling_worker_runs(self) -> None:
         # hypercorn's workers are children of one parent: the first to start takes a lock named
         # after it; a second worker finds it taken, and says loudly that nothing is shared.
-        path = Path(tempfile.gettempdir()) / f"broadcast-memory-{os.getppid()}.lock"
-        descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        # Named after the user too: another user's file (a PID reused) is not ours to open.
+        name = f"broadcast-memory-{os.getuid()}-{os.getppid()}.lock"
+        path = Path(tempfile.gettempdir()) / name
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError as exc:  # only a warning is at stake: never fail the start for it
+            logger.warning("cannot check for another worker using memory:// (%s)", exc)
+            return
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -134,6 +147,7 @@ class MemoryBackend:
             )
             return
         self._sibling_lock = descriptor
+        self._sibling_lock_path = path
 
     async def listen(self, topic: str) -> None:
         pass
