@@ -43,6 +43,16 @@ class Node:
 NodeFactory = Callable[[], "asyncio.Future[Node]"]
 
 
+@contextlib.asynccontextmanager
+async def redis_client(url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client of the test's Redis, to look at or change what the backend keeps there."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 @pytest.fixture(params=BACKENDS)
 async def make_node(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[], object]]:
     if request.param == "redis":
@@ -342,13 +352,10 @@ async def test_a_topics_stream_expires_and_its_loss_is_seen(
     start = await publish(node, "start")
     lost = [await publish(node, n, "channel:a") for n in range(2)]
     redis: RedisServer = request.getfixturevalue("redis")
-    client = aioredis.Redis.from_url(redis.url)
-    try:
+    async with redis_client(redis.url) as client:
         # Set to expire a little after its events are too old to replay (1 s here).
         assert 1000 < await client.pttl(LOG_PREFIX + "channel:a") <= 1000 + 5000
         await client.delete(LOG_PREFIX + "channel:a")  # as its expiry would
-    finally:
-        await client.aclose()
     history = await node.backend.history(["channel:a", "global"], start)
     assert (history.events, history.complete) == ([], False), "its newest event went"
     assert (await node.backend.history(["channel:a"], lost[-1])).complete
@@ -372,8 +379,7 @@ async def test_a_quiet_topics_bookkeeping_is_forgotten_and_its_loss_is_seen(
     start = await publish(node, "start")
     quiet = [await publish(node, n, "channel:quiet") for n in range(2)]
     redis: RedisServer = request.getfixturevalue("redis")
-    client = aioredis.Redis.from_url(redis.url)
-    try:
+    async with redis_client(redis.url) as client:
         assert await client.exists(TOPIC_PREFIX + "channel:quiet")
         await client.zadd(TOPICS_KEY, {"channel:quiet": 0})  # as a long quiet would
         later = await publish(node, "later", "channel:other")
@@ -381,8 +387,6 @@ async def test_a_quiet_topics_bookkeeping_is_forgotten_and_its_loss_is_seen(
         assert await client.zscore(TOPICS_KEY, "channel:quiet") is None
         assert await client.hget(SEQUENCE_KEY, "forgotten") == str(quiet[-1].offset).encode()
         assert await client.exists(TOPIC_PREFIX + "channel:other"), "the busy one is kept"
-    finally:
-        await client.aclose()
     history = await node.backend.history(["channel:quiet", "global"], start)
     assert (history.events, history.complete) == ([], False), "its events went with it"
     assert (await node.backend.history(["channel:quiet", "global"], quiet[-1])).complete
@@ -402,11 +406,8 @@ async def test_losing_the_sequence_wipes_a_topics_older_history(
     node: Node = await make_node()  # type: ignore[misc]
     old = [await publish(node, n, "channel:a") for n in range(3)]
     redis: RedisServer = request.getfixturevalue("redis")
-    client = aioredis.Redis.from_url(redis.url)
-    try:
+    async with redis_client(redis.url) as client:
         await client.delete(SEQUENCE_KEY)  # as an eviction of that key alone would
-    finally:
-        await client.aclose()
     new = await publish(node, "new", "global")
     assert new.epoch != old[0].epoch
     assert new.offset == 1
@@ -485,11 +486,8 @@ async def test_listening_survives_reconnections(own_redis: RedisServer) -> None:
         assert [c for c, _ in delivered] == ["channel:before", "channel:during", "global"]
 
         # A subscription cut by Redis (CLIENT KILL) comes back with them too.
-        client = aioredis.Redis.from_url(own_redis.url)
-        try:
+        async with redis_client(own_redis.url) as client:
             await client.client_kill_filter(_type="pubsub")
-        finally:
-            await client.aclose()
         await one.listen("channel:after")
         await until(lambda: one.unavailable_reason is None, 10, "one to reconnect")
         expected = {"channel:before": 1, "channel:after": 1, "global": 2}
