@@ -101,6 +101,18 @@ class BroadcastApp(Litestar):
 
     gate = drain.Gate()  # create_app gives each app its own
     lean_publish: LeanPublish | None = None  # create_app sets it
+    wire_publish = False
+    """Whether ``lean_publish`` also answers from hypercorn's reads (``hypercorn_h11.py``)."""
+
+    @property
+    def wire_publisher(self) -> LeanPublish | None:
+        return self.lean_publish if self.wire_publish else None
+
+    def publishing(self, delta: int) -> None:
+        if delta > 0:
+            self.gate.entered()
+        else:
+            self.gate.left()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -289,7 +301,8 @@ def create_app(settings: Settings) -> BroadcastApp:
         state=State({"drain": drain_now}),
     )
     app.gate = gate
-    app.lean_publish = LeanPublish(broker, tokens, settings.publish_max_bytes)
+    app.lean_publish = LeanPublish(broker, tokens, settings.publish_max_bytes, metrics)
+    app.wire_publish = overrides.wire_publish
     return app
 
 

@@ -99,6 +99,15 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=registry,
         )
+        self.publish_requests = Counter(
+            "broadcast_publish_requests",
+            "POST /publish requests answered, by how they were read: early (a plain keep-alive "
+            "HTTP/1.1 request, answered from the server's reads, before h11) or asgi",
+            ["via"],
+            registry=registry,
+        )
+        self.publish_early = self.publish_requests.labels("early")
+        self.publish_asgi = self.publish_requests.labels("asgi")
         self.recoveries = Counter(
             "broadcast_socketio_recoveries",
             "Socket.IO clients that asked to recover their session (a pid and an offset), by "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -23,6 +24,7 @@ from litestar.exceptions import ClientException, HTTPException, ValidationExcept
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 from broadcast.broker import Broker
+from broadcast.metrics import Metrics
 from broadcast.publish import (
     PublishRequest,
     PublishTokens,
@@ -49,8 +51,12 @@ class _Disconnected(Exception):
 
 
 class LeanPublish:
-    def __init__(self, broker: Broker, tokens: PublishTokens, max_bytes: int) -> None:
+    def __init__(
+        self, broker: Broker, tokens: PublishTokens, max_bytes: int, metrics: Metrics
+    ) -> None:
         self._broker = broker
+        self._early = metrics.publish_early
+        self._asgi = metrics.publish_asgi
         self._tokens = tokens
         self._max_bytes = max_bytes
 
@@ -59,11 +65,31 @@ class LeanPublish:
         return scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in PATHS
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        status, body, headers = HTTP_202_ACCEPTED, b"", _JSON_HEADERS
+        authorization, length = request_headers(scope["headers"])
         try:
-            body = msgspec.json.encode({"id": await self._publish(scope, receive)})
+            status, headers, body = await self.answer(
+                authorization, length, lambda: self._body(receive), scope["path"], early=False
+            )
         except _Disconnected:
             return
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def answer(
+        self,
+        authorization: str | None,
+        length: str,
+        read: Callable[[], Awaitable[bytes]],
+        path: str = "/publish",
+        early: bool = True,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """The response to a publish: its status, headers (``content-length`` included) and
+        body. ``read`` gives the body; it is called only once the token and the declared size
+        pass (``overrides/hypercorn_h11.py`` hands one it already holds, ``early``)."""
+        (self._early if early else self._asgi).inc()
+        status, body, headers = HTTP_202_ACCEPTED, b"", _JSON_HEADERS
+        try:
+            body = msgspec.json.encode({"id": await self._publish(authorization, length, read)})
         except HTTPException as exc:
             status, body = exc.status_code, error_body(exc)
             if exc.headers:
@@ -71,32 +97,22 @@ class LeanPublish:
                     *headers,
                     *((k.lower().encode(), v.encode()) for k, v in exc.headers.items()),
                 ]
+        except _Disconnected:
+            raise
         except Exception:
             # A bug, not the client's fault: its traceback, and Litestar's answer to one.
-            logger.exception("unexpected error on POST %s", scope["path"])
+            logger.exception("unexpected error on POST %s", path)
             status, body = 500, b'{"status_code":500,"detail":"Internal Server Error"}'
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [*headers, (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        return status, [*headers, (b"content-length", str(len(body)).encode())], body
 
-    async def _publish(self, scope: dict[str, Any], receive: Any) -> str:
-        authorization: str | None = None
-        length = ""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-            elif name == b"content-length":
-                length = value.decode("latin-1")
+    async def _publish(
+        self, authorization: str | None, length: str, read: Callable[[], Awaitable[bytes]]
+    ) -> str:
         # The order of publish.py: the token and its rate, then the size, then the body.
         publisher = self._tokens.publisher(authorization)
         if length.isdigit() and int(length) > self._max_bytes:
             raise too_large(length, self._max_bytes)
-        data = await self._body(receive)
+        data = await read()
         if refusal := lone_surrogate_refusal(data):
             raise refusal
         event = checked_event(decode(data), publisher)
@@ -123,6 +139,18 @@ class LeanPublish:
             chunks.append(chunk)
             if not more:
                 return b"".join(chunks)
+
+
+def request_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str]:
+    """The ``Authorization`` and ``Content-Length`` of a request ("" when it has none)."""
+    authorization: str | None = None
+    length = ""
+    for name, value in headers:
+        if name == b"authorization":
+            authorization = value.decode("latin-1")
+        elif name == b"content-length":
+            length = value.decode("latin-1")
+    return authorization, length
 
 
 def decode(data: bytes) -> PublishRequest:

@@ -5,13 +5,15 @@ the app starts (``choose``), each pinned to the minor versions tested (``pyproje
   the ASGI path: the same behaviour, slower.
 - ``sse_starlette.py`` runs two tasks per SSE stream, not three, its writes timed by the
   watchdog; without it, sse-starlette's own ``__call__``: a little more memory per stream.
+- ``hypercorn_h11.py`` answers a plain keep-alive ``POST /publish`` from the bytes hypercorn
+  reads, before h11; without it, the ASGI path (``publish_lean.py``): the same answers, slower.
 - ``socketio_rooms.py`` makes a Socket.IO disconnect O(1), not O(clients); without it,
   python-socketio's own manager: slower drains and churn.
 - ``engineio.py`` and ``socketio.py`` make python-engineio and python-socketio conform to the
   protocol and stand hostile input (docs/socketio-conformance.md), count each client's queued
   bytes, and replay after CONNECT. Correctness depends on them: no public path does the same.
 
-``BROADCAST_OVERRIDES=false`` turns off the first three (the test suite runs the transport tests
+``BROADCAST_OVERRIDES=false`` turns off the first four (the test suite runs the transport tests
 once that way); the last two are not optional, and a python-socketio or python-engineio whose
 internals moved stops the server at startup with a message saying so.
 """
@@ -21,7 +23,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from broadcast.overrides import engineio, hypercorn, socketio, socketio_rooms, sse_starlette
+from broadcast.overrides import (
+    engineio,
+    hypercorn,
+    hypercorn_h11,
+    socketio,
+    socketio_rooms,
+    sse_starlette,
+)
 from broadcast.overrides.sse_starlette import LeanResponse, PublicResponse, WatchedResponse
 
 logger = logging.getLogger(__name__)
@@ -38,6 +47,7 @@ class Overrides:
     find_socket: hypercorn.SocketFinder
     sse_response: type[WatchedResponse]
     indexed_rooms: bool
+    wire_publish: bool
 
 
 def choose(enabled: bool) -> Overrides:
@@ -55,9 +65,12 @@ def choose(enabled: bool) -> Overrides:
     if not enabled:
         logger.info(
             "dependency overrides off (BROADCAST_OVERRIDES=false): no direct writes, "
-            "sse-starlette's own streams, python-socketio's own client manager"
+            "sse-starlette's own streams, python-socketio's own client manager, publishes "
+            "through h11"
         )
-        return Overrides(hypercorn.no_socket, PublicResponse, indexed_rooms=False)
+        return Overrides(
+            hypercorn.no_socket, PublicResponse, indexed_rooms=False, wire_publish=False
+        )
     find_socket: hypercorn.SocketFinder = hypercorn.socket_of
     sse_response: type[WatchedResponse] = LeanResponse
     indexed_rooms = True
@@ -70,4 +83,8 @@ def choose(enabled: bool) -> Overrides:
     if (problem := socketio_rooms.check()) is not None:
         logger.warning("python-socketio's own client manager: %s", problem)
         indexed_rooms = False
-    return Overrides(find_socket, sse_response, indexed_rooms)
+    wire_publish = True
+    if (problem := hypercorn_h11.install()) is not None:
+        logger.warning("publishes through h11: %s", problem)
+        wire_publish = False
+    return Overrides(find_socket, sse_response, indexed_rooms, wire_publish)
