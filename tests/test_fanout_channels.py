@@ -60,7 +60,7 @@ class Setup:
     def deliver(self, recipient: Recipient, span: Span) -> int:
         self.visited += 1
         recipient.got.extend(span.events)
-        # Events published while the pass goes on (the pump breathes every SLICE clients).
+        # Events published while the pass goes on (the pump breathes between clients).
         if self.during_pass:
             self.publish(*self.during_pass.pop(0))
         return len(span.events)

@@ -4,10 +4,10 @@ owed the same span. Each transport keeps only its wire format: how a span become
 clients' sockets (``deliver``).
 
 Why passes: a pass over thousands of clients takes tens of ms, and events keep coming meanwhile.
-The pump returns to the event loop every ``SLICE`` clients (publishes get in) and adds what came
-to its log as it goes (``EventLog``), so the clients it has not reached yet get those events in
-the same write; an event then waits at most one pass, and each client gets one write per pass
-however many events arrived.
+The pump returns to the event loop every ``BREATH_SECONDS`` of work (publishes get in) and adds
+what came to its log as it goes (``EventLog``), so the clients it has not reached yet get those
+events in the same write; an event then waits at most one pass, and each client gets one write
+per pass however many events arrived.
 
 Channels: a pass visits only the clients owed something. When every event waiting is of some
 channels, that is their members (``ChannelMembers``), not every client: a publish to a channel of
@@ -26,6 +26,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from itertools import chain, islice
+from time import perf_counter as clock
 from typing import Any, Generic, Protocol, TypeVar
 
 from broadcast.broker.hub import Subscriber, SubscriberClosed
@@ -42,11 +43,17 @@ PUMP_BACKLOG = 100_000
 a client, so this bound is only reached if the event loop itself is starved; dropping the oldest
 then is better than stopping them all."""
 
-SLICE = 16
-"""Clients written to between two returns to the event loop. A write costs about 10 µs (most of
-it the kernel's: a loopback ``send`` is about 8 µs here), so a pass over 5,000 clients is 50 ms;
-returning to the loop often lets new publishes in meanwhile, and the pass takes their events
-along (``EventLog``): the clients it has yet to reach get them in the same write."""
+BREATH_SECONDS = 10e-6
+"""Fan-out work between two returns to the event loop (a pass checks the clock after each
+client). A write costs about 13 µs here (most of it the kernel's loopback ``send``), so this is
+every two or three clients. Returning this often costs a turn of the loop each time, and buys
+what matters under load: a publish waits for a turn or two of the loop to be read and
+answered, each turn behind one slice of every pump. With slices of 16 clients, one publisher
+with a request in flight waited about 2 ms a publish, so the fan-out never fell behind enough
+for a client to be owed two events at once; with short slices, publishes get in as fast as
+they come, their events join the pass under way (``EventLog``), and a busy pass writes each
+client all it is owed in one write. Back to back over 5,000 clients in 50 channels, that is
+about twice the deliveries per second (docs/performance-log.md, "Short slices")."""
 
 
 class EventLog(Generic[T]):
@@ -87,7 +94,7 @@ class Passes(Generic[T]):
     (``encode``) into its log, and the timing of each pass.
 
     A pump runs ``await start()``, then visits its clients, calling ``await breathe()`` every
-    ``SLICE`` of them and sending each what the log owes it, then ``end(positions)``."""
+    ``BREATH_SECONDS`` of work and sending each what the log owes it, then ``end(positions)``."""
 
     def __init__(self, subscriber: Subscriber, encode: Callable[[list[Event]], list[T]]) -> None:
         self.subscriber = subscriber
@@ -332,9 +339,15 @@ class Pump(Generic[R]):
             spans: dict[tuple[int, int], dict[frozenset[str], Span]] = {}
             head = index.extend()
             start = log.start  # until the pass ends (the log is trimmed only then)
-            for number, recipient in enumerate(self._visits(log.items), 1):
-                if not number % SLICE:
+            # The last span handed out, and what it was for: clients visited one after another
+            # (a channel's members) are mostly owed the very same span.
+            last: tuple[int, int, frozenset[str]] | None = None
+            span = None
+            breathed = clock()
+            for recipient in self._visits(log.items):
+                if clock() - breathed > BREATH_SECONDS:
                     await passes.breathe()
+                    breathed = clock()
                     head = index.extend()
                 position = recipient.position
                 if position < start:
@@ -342,13 +355,18 @@ class Pump(Generic[R]):
                 if position >= head or recipient.gone:
                     continue
                 recipient.position = head
-                by_owed = spans.get((position, head))
-                if by_owed is None:
-                    by_owed = spans[(position, head)] = {}
                 owed = index.owed(recipient.channels, position)
-                span = by_owed.get(owed)
-                if span is None:
-                    span = by_owed[owed] = Span((position, head), index.events_of(owed, position))
+                if last is None or last[0] != position or last[1] != head or last[2] is not owed:
+                    by_owed = spans.get((position, head))
+                    if by_owed is None:
+                        by_owed = spans[(position, head)] = {}
+                    span = by_owed.get(owed)
+                    if span is None:
+                        span = by_owed[owed] = Span(
+                            (position, head), index.events_of(owed, position)
+                        )
+                    last = (position, head, owed)
+                assert span is not None
                 if not span.events:
                     continue
                 sent = deliver(recipient, span)
@@ -363,9 +381,9 @@ class Pump(Generic[R]):
 
 
 __all__ = [
+    "BREATH_SECONDS",
     "PUMP_BACKLOG",
     "SHUTTING_DOWN",
-    "SLICE",
     "ChannelMembers",
     "EventLog",
     "Evicted",

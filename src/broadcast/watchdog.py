@@ -158,8 +158,10 @@ class WatchedConnection:
                 sent = os.write(fd, data)
             except OSError:  # full (EAGAIN), or the client gone: the transport's to handle
                 sent = 0
-            if sent < len(data):
-                socket.write(data[sent:] if sent else data)
+            if sent == len(data):  # the usual case: all gone, nothing held
+                self.stalled_since = None
+                return False
+            socket.write(data[sent:] if sent else data)
         else:
             socket.write(data)
         buffered = socket.get_write_buffer_size()

@@ -45,7 +45,7 @@ from broadcast.drain import sse_goodbye
 from broadcast.errors import NotGranted, Refused
 from broadcast.events import Event
 from broadcast.eviction import SHUTTING_DOWN, Evicted, Eviction
-from broadcast.fanout import PUMP_BACKLOG, SLICE, ChannelMembers, Pump, Span
+from broadcast.fanout import PUMP_BACKLOG, ChannelMembers, Pump, Span
 from broadcast.limits import AddressLimit
 from broadcast.overrides import Overrides
 from broadcast.overrides.sse_starlette import WatchedResponse
@@ -77,6 +77,10 @@ class _Comment(Event):
 
 
 KEEP_ALIVE = _Comment("", "ping")
+
+
+KEEP_ALIVE_SLICE = 16
+"""Keep-alive comments written between two returns to the event loop."""
 
 
 class _Stream(Client):
@@ -172,7 +176,7 @@ class SSETransport:
             for subscriber in list(self._streams):
                 subscriber.offer(KEEP_ALIVE)
             for number, stream in enumerate(list(self._pushed), 1):
-                if not number % SLICE:
+                if not number % KEEP_ALIVE_SLICE:
                     await asyncio.sleep(0)
                 self._write(stream, stream.framing(KEEP_ALIVE.sse_frame))
 
