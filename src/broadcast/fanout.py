@@ -4,7 +4,7 @@ owed the same span. Each transport keeps only its wire format: how a span become
 clients' sockets (``deliver``).
 
 Why passes: a pass over thousands of clients takes tens of ms, and events keep coming meanwhile.
-The pump returns to the event loop every ``BREATH_SECONDS`` of work (publishes get in) and adds
+The pump returns to the event loop every so often (publishes get in: ``cadence.py``) and adds
 what came to its log as it goes (``EventLog``), so the clients it has not reached yet get those
 events in the same write; an event then waits at most one pass, and each client gets one write
 per pass however many events arrived.
@@ -30,6 +30,7 @@ from time import perf_counter as clock
 from typing import Any, Generic, Protocol, TypeVar
 
 from broadcast.broker.hub import Subscriber, SubscriberClosed
+from broadcast.cadence import Cadence
 from broadcast.events import Event
 from broadcast.eviction import SHUTTING_DOWN, Evicted, Eviction
 
@@ -42,18 +43,6 @@ PUMP_BACKLOG = 100_000
 """The events a transport's pump may have waiting. A pump drains its queue without ever waiting on
 a client, so this bound is only reached if the event loop itself is starved; dropping the oldest
 then is better than stopping them all."""
-
-BREATH_SECONDS = 10e-6
-"""Fan-out work between two returns to the event loop (a pass checks the clock after each
-client). A write costs about 13 µs here (most of it the kernel's loopback ``send``), so this is
-every two or three clients. Returning this often costs a turn of the loop each time, and buys
-what matters under load: a publish waits for a turn or two of the loop to be read and
-answered, each turn behind one slice of every pump. With slices of 16 clients, one publisher
-with a request in flight waited about 2 ms a publish, so the fan-out never fell behind enough
-for a client to be owed two events at once; with short slices, publishes get in as fast as
-they come, their events join the pass under way (``EventLog``), and a busy pass writes each
-client all it is owed in one write. Back to back over 5,000 clients in 50 channels, that is
-about twice the deliveries per second (docs/performance-log.md, "Short slices")."""
 
 
 class EventLog(Generic[T]):
@@ -94,7 +83,7 @@ class Passes(Generic[T]):
     (``encode``) into its log, and the timing of each pass.
 
     A pump runs ``await start()``, then visits its clients, calling ``await breathe()`` every
-    ``BREATH_SECONDS`` of work and sending each what the log owes it, then ``end(positions)``."""
+    ``cadence.breath`` seconds of work and sending each what the log owes it, then ``end()``."""
 
     def __init__(self, subscriber: Subscriber, encode: Callable[[list[Event]], list[T]]) -> None:
         self.subscriber = subscriber
@@ -104,6 +93,7 @@ class Passes(Generic[T]):
         self._since = 0.0  # when the oldest event not yet sent to every client was queued
         self._joined_since = 0.0
         self._first_joined = 0  # the index of the first event that joined the pass under way
+        self.cadence = Cadence()
 
     async def start(self) -> None:
         """Wait for events, unless the last pass left clients behind; raises
@@ -111,6 +101,7 @@ class Passes(Generic[T]):
         subscriber = self.subscriber
         batch = subscriber.take() if self._behind else await subscriber.next_batch()
         if batch:
+            self.cadence.came(time.monotonic())
             self._since = self._since if self._behind else subscriber.batch_since
             self.log.add(subscriber.offered - len(batch), self._encode(batch))
         self._behind, self._joined_since = False, 0.0
@@ -122,6 +113,7 @@ class Passes(Generic[T]):
         subscriber = self.subscriber
         more = subscriber.take()
         if more:
+            self.cadence.came(time.monotonic())
             self._joined_since = self._joined_since or subscriber.batch_since
             self.log.add(subscriber.offered - len(more), self._encode(more))
             self._behind = True
@@ -343,11 +335,14 @@ class Pump(Generic[R]):
             # (a channel's members) are mostly owed the very same span.
             last: tuple[int, int, frozenset[str]] | None = None
             span = None
+            cadence = passes.cadence
             breathed = clock()
+            breath = cadence.breath(breathed)
             for recipient in self._visits(log.items):
-                if clock() - breathed > BREATH_SECONDS:
+                if clock() - breathed > breath:
                     await passes.breathe()
                     breathed = clock()
+                    breath = cadence.breath(breathed)
                     head = index.extend()
                 position = recipient.position
                 if position < start:
@@ -381,7 +376,6 @@ class Pump(Generic[R]):
 
 
 __all__ = [
-    "BREATH_SECONDS",
     "PUMP_BACKLOG",
     "SHUTTING_DOWN",
     "ChannelMembers",
