@@ -14,19 +14,27 @@ every pump. Two loads want opposite cadences:
   5,000 clients in 50 channels, about 2.5 times the deliveries per second
   (docs/performance-log.md, "The fan-out's cadence").
 
-So a pump takes short slices for ``EAGER_SECONDS`` after events reach it: long enough for a
-publisher waiting on the answer to send the next, short enough that publishes at their own
-pace (500/s: one every 2 ms) leave it on long slices most of the time.
+So a pump takes short slices for ``EAGER_SECONDS`` after published events reach it: long enough
+for a publisher waiting on the answer to send the next, short enough that publishes at their
+own pace (500/s: one every 2 ms) leave it on long slices much of the time. The events the server
+makes itself (``user count``, ``channel count``) do not count: a connection storm is not sped up
+by short slices, and its passes, cut by time rather than by clients, kept about 1 KB more per
+connection afterwards (docs/performance-log.md, "The fan-out's cadence").
 """
 
 from __future__ import annotations
 
-BREATH_SECONDS = 200e-6
-"""Fan-out work between two returns to the event loop: about 15 clients (a write costs about
-13 µs here, most of it the kernel's loopback ``send``)."""
+from collections.abc import Iterable
+
+from broadcast.events import Event
+
+SLICE = 16
+"""Clients visited between two returns to the event loop (a write costs about 13 µs here, most
+of it the kernel's loopback ``send``: about 0.2 ms)."""
 
 EAGER_BREATH_SECONDS = 10e-6
-"""The same just after events came: after about every client."""
+"""Fan-out work between two returns to the event loop just after published events came: after
+about every client written."""
 
 EAGER_SECONDS = 0.001
 
@@ -37,10 +45,12 @@ class Cadence:
     def __init__(self) -> None:
         self._eager_until = 0.0
 
-    def came(self, now: float) -> None:
-        """Events reached the pump."""
-        self._eager_until = now + EAGER_SECONDS
+    def came(self, now: float, events: Iterable[Event]) -> None:
+        """``events`` reached the pump."""
+        if any(event.id is not None for event in events):  # published, not made here
+            self._eager_until = now + EAGER_SECONDS
 
-    def breath(self, now: float) -> float:
-        """Seconds of work until the next return to the loop."""
-        return EAGER_BREATH_SECONDS if now < self._eager_until else BREATH_SECONDS
+    def eager(self, now: float) -> bool:
+        """Whether to return to the loop after ``EAGER_BREATH_SECONDS`` of work rather than
+        after ``SLICE`` clients."""
+        return now < self._eager_until

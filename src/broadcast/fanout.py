@@ -30,7 +30,7 @@ from time import perf_counter as clock
 from typing import Any, Generic, Protocol, TypeVar
 
 from broadcast.broker.hub import Subscriber, SubscriberClosed
-from broadcast.cadence import Cadence
+from broadcast.cadence import EAGER_BREATH_SECONDS, SLICE, Cadence
 from broadcast.events import Event
 from broadcast.eviction import SHUTTING_DOWN, Evicted, Eviction
 
@@ -83,7 +83,8 @@ class Passes(Generic[T]):
     (``encode``) into its log, and the timing of each pass.
 
     A pump runs ``await start()``, then visits its clients, calling ``await breathe()`` every
-    ``cadence.breath`` seconds of work and sending each what the log owes it, then ``end()``."""
+    ``SLICE`` clients (or sooner: ``cadence.py``) and sending each what the log owes it, then
+    ``end()``."""
 
     def __init__(self, subscriber: Subscriber, encode: Callable[[list[Event]], list[T]]) -> None:
         self.subscriber = subscriber
@@ -101,7 +102,7 @@ class Passes(Generic[T]):
         subscriber = self.subscriber
         batch = subscriber.take() if self._behind else await subscriber.next_batch()
         if batch:
-            self.cadence.came(time.monotonic())
+            self.cadence.came(time.monotonic(), batch)
             self._since = self._since if self._behind else subscriber.batch_since
             self.log.add(subscriber.offered - len(batch), self._encode(batch))
         self._behind, self._joined_since = False, 0.0
@@ -113,7 +114,7 @@ class Passes(Generic[T]):
         subscriber = self.subscriber
         more = subscriber.take()
         if more:
-            self.cadence.came(time.monotonic())
+            self.cadence.came(time.monotonic(), more)
             self._joined_since = self._joined_since or subscriber.batch_since
             self.log.add(subscriber.offered - len(more), self._encode(more))
             self._behind = True
@@ -337,12 +338,15 @@ class Pump(Generic[R]):
             span = None
             cadence = passes.cadence
             breathed = clock()
-            breath = cadence.breath(breathed)
+            eager = cadence.eager(breathed)
+            visits = 0
             for recipient in self._visits(log.items):
-                if clock() - breathed > breath:
+                visits += 1
+                if visits == SLICE or (eager and clock() - breathed > EAGER_BREATH_SECONDS):
+                    visits = 0
                     await passes.breathe()
                     breathed = clock()
-                    breath = cadence.breath(breathed)
+                    eager = cadence.eager(breathed)
                     head = index.extend()
                 position = recipient.position
                 if position < start:
