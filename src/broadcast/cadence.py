@@ -12,14 +12,14 @@ every pump. Two loads want opposite cadences:
   short slices (``EAGER_BREATH_SECONDS``), publishes get in as fast as they come, their events
   join the pass under way, and each client gets all it is owed in one write: back to back over
   5,000 clients in 50 channels, about 2.5 times the deliveries per second
-  (docs/performance-log.md, "The fan-out's cadence").
+  (docs/performance-log.md, "Channels, third pass").
 
 So a pump takes short slices for ``EAGER_SECONDS`` after published events reach it: long enough
 for a publisher waiting on the answer to send the next, short enough that publishes at their
 own pace (500/s: one every 2 ms) leave it on long slices much of the time. The events the server
 makes itself (``user count``, ``channel count``) do not count: a connection storm is not sped up
 by short slices, and its passes, cut by time rather than by clients, kept about 1 KB more per
-connection afterwards (docs/performance-log.md, "The fan-out's cadence").
+connection afterwards (docs/performance-log.md, "Channels, third pass").
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Why: a publish is the hot request of a busy deployment, and hypercorn's HTTP/1.1
 about 280 µs of CPU per request above what reading and answering it take (h11's parser and
 serializer, an ASGI task per request, the keep-alive timer stopped and restarted through a lock,
 three writes per response): a bare ASGI app answering 202 costs 326 µs a request under
-hypercorn, 42 µs under a plain asyncio protocol (docs/performance-log.md, "Publishes below
-h11"). It also takes several turns of the event loop, each behind a slice of the fan-out: with
+hypercorn, 42 µs under a plain asyncio protocol (docs/performance-log.md, "Channels, third
+pass"). It also takes several turns of the event loop, each behind a slice of the fan-out: with
 one publish in flight, that turn count, not the CPU, bounded the publish rate.
 
 What this does: when a keep-alive HTTP/1.1 connection is between requests and one read holds
