@@ -26,7 +26,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from itertools import chain, islice
-from time import perf_counter as clock
+from time import monotonic as clock
 from typing import Any, Generic, Protocol, TypeVar
 
 from broadcast.broker.hub import Subscriber, SubscriberClosed
