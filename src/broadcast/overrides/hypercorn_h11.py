@@ -122,7 +122,7 @@ def parse(data: bytes) -> tuple[str, str | None, str, bytes] | None:
 
 async def _handle(protocol: Any, event: Any, original: Callable[..., Awaitable[None]]) -> None:
     if protocol.stream is None and type(event) is _RawData:
-        app = getattr(protocol.app, "app", None)
+        app: Any = getattr(protocol.app, "app", None)  # a WirePublishing when it offers one
         publisher = getattr(app, "wire_publisher", None)
         if publisher is not None and _between_requests(protocol):
             request = parse(event.data)
@@ -148,7 +148,10 @@ def _between_requests(protocol: Any) -> bool:
 
 
 async def _answer(
-    protocol: Any, app: Any, publisher: Publisher, request: tuple[str, str | None, str, bytes]
+    protocol: Any,
+    app: WirePublishing,
+    publisher: Publisher,
+    request: tuple[str, str | None, str, bytes],
 ) -> None:
     path, authorization, length, body = request
     now = time.monotonic()
@@ -193,7 +196,10 @@ def check() -> str | None:
     for name in ("app", "config", "context", "send"):
         if name not in init:
             return f"hypercorn's H11Protocol no longer takes {name!r}"
-    source = inspect.getsource(H11Protocol)
+    try:
+        source = inspect.getsource(H11Protocol)
+    except (OSError, TypeError):  # installed without its sources: nothing to check against
+        return "hypercorn's H11Protocol source is not available to check"
     for attribute in ("self.stream", "self.connection", "self.keep_alive_requests"):
         if attribute not in source:
             return f"hypercorn's H11Protocol has no {attribute}"
