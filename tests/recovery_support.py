@@ -140,9 +140,12 @@ async def assert_recovered(
     assert again["id"] == first["id"], "a recovered socket keeps its id"
     connected_at = client.lines.index(again, mark)
     assert client.events("news", mark, connected_at) == missed, "missed events, before connect"
-    await subscribed(url)
-    later = await publish(url, 4, CHANNEL)
-    await client.event("news", [4, later], mark)
+    try:
+        await subscribed(url)
+        later = await publish(url, 4, CHANNEL)
+        await client.event("news", [4, later], mark)
+    except AssertionError as failure:  # say what the client saw (a disconnect, and why)
+        raise AssertionError(f"{failure}; the client since the cut: {client.lines[mark:]}") from None
     assert client.events("news", mark) == [*missed, [4, later]], "each event once, in order"
     return again
 

@@ -31,8 +31,11 @@ from tests.test_nginx import render, running_nginx
 
 pytestmark = pytest.mark.timeout(90)
 SHORT_PINGS = {
-    "BROADCAST_SOCKETIO_PING_INTERVAL_MS": "300",
-    "BROADCAST_SOCKETIO_PING_TIMEOUT_MS": "300",
+    # Short enough that a dead link is found in about 2 s, long enough that the recovered
+    # connection outlives a stall of the busy test machine: at 300 ms, a pause of the test
+    # process (which runs the proxy) or of the Node client timed it out once in a few CI runs.
+    "BROADCAST_SOCKETIO_PING_INTERVAL_MS": "1000",
+    "BROADCAST_SOCKETIO_PING_TIMEOUT_MS": "1000",
 }
 
 
