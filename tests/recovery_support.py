@@ -145,7 +145,8 @@ async def assert_recovered(
         later = await publish(url, 4, CHANNEL)
         await client.event("news", [4, later], mark)
     except AssertionError as failure:  # say what the client saw (a disconnect, and why)
-        raise AssertionError(f"{failure}; the client since the cut: {client.lines[mark:]}") from None
+        seen = client.lines[mark:]
+        raise AssertionError(f"{failure}; the client since the cut: {seen}") from None
     assert client.events("news", mark) == [*missed, [4, later]], "each event once, in order"
     return again
 
