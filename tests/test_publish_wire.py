@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +22,15 @@ import pytest
 
 from broadcast.overrides.hypercorn_h11 import parse
 from tests.conftest import StartServer
-from tests.support import HYPERCORN, OVERRIDES_OFF, Server, SseClient, sse_session, until
+from tests.support import (
+    HYPERCORN,
+    OVERRIDES_OFF,
+    RedisServer,
+    Server,
+    SseClient,
+    sse_session,
+    until,
+)
 
 TOKEN = "wire-token-0123456789"
 SETTINGS = {"BROADCAST_PUBLISH_TOKEN": TOKEN, "BROADCAST_PUBLISH_MAX_BYTES": "1024"}
@@ -282,3 +292,42 @@ async def test_a_connection_publishing_now_and_then_outlives_the_keep_alive_time
     assert await connection.closed()
     assert 0.9 < loop.time() - idle_from < 4
     await connection.close()
+
+
+async def test_a_publish_answered_after_the_keep_alive_timeout_keeps_its_connection(
+    start_server: StartServer, own_redis: RedisServer
+) -> None:
+    """A publish whose broker call outlasts ``--keep-alive`` (Redis stalled: the call waits
+    for its socket timeout, 5 s) is still answered on its connection, which then goes on."""
+    settings = {**SETTINGS, "BROADCAST_BROKER_URL": own_redis.url}
+    server = start_server(settings, [HYPERCORN, "--keep-alive", "2"])
+    await until(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, 10, "Redis up")
+    connection = await Connection.open(server)
+    await connection.send(request({"event": "wire", "data": 0}))
+    status, _, body = await connection.response()
+    assert status == 202, body
+    assert own_redis.process is not None
+    loop = asyncio.get_running_loop()
+    os.kill(own_redis.process.pid, signal.SIGSTOP)
+    try:
+        started = loop.time()
+        await connection.send(request({"event": "wire", "data": 1}))
+        status, _, body = await connection.response()
+        waited = loop.time() - started
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+    assert status == 503, body
+    assert waited > 2, f"answered in {waited:.1f} s: Redis did not stall the publish"
+    # Redis is back: the same connection publishes again once the server has seen it.
+    deadline = loop.time() + 15
+    while (status := await publish_on(connection, 2)) != 202:
+        assert status == 503, status
+        assert loop.time() < deadline, "no 202 within 15 s of Redis coming back"
+        await asyncio.sleep(0.1)  # the retry's pace, not a synchronisation
+    await connection.close()
+    assert "Traceback" not in server.log()
+
+
+async def publish_on(connection: Connection, data: Any) -> int:
+    await connection.send(request({"event": "wire", "data": data}))
+    return (await connection.response())[0]

@@ -26,6 +26,7 @@ them at startup; when they moved, the patch is not installed and publishes take 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import re
@@ -42,9 +43,18 @@ _REFUSED = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"te", b"http
 _MAX_HEAD = 8192
 IDLE_REFRESH_SECONDS = 1.0
 """How stale the keep-alive timer may get before a publish restarts it (hypercorn restarts it
-after every request, which costs a task; here once a second at most, so an idle connection is
-closed between ``keep_alive_timeout`` minus this and ``keep_alive_timeout`` after its last
-publish)."""
+after every request, which costs a task; here once a second at most, or a quarter of
+``keep_alive_timeout`` when that is shorter, so an idle connection is closed between
+``keep_alive_timeout`` minus this and ``keep_alive_timeout`` after its last publish).
+
+hypercorn also stops the timer while a request is answered; here only once an answer has taken
+as long (a broker call waiting on a stalled Redis, up to its socket timeout): the timer, last
+restarted at most this long before the request came, would otherwise close the connection
+under a request still being answered."""
+
+
+def _refresh_seconds(protocol: Any) -> float:
+    return min(IDLE_REFRESH_SECONDS, protocol.config.keep_alive_timeout / 4)
 
 
 class Publisher(Protocol):
@@ -155,18 +165,26 @@ async def _answer(
 ) -> None:
     path, authorization, length, body = request
     now = time.monotonic()
-    if now - getattr(protocol, "_broadcast_idle_at", 0.0) > IDLE_REFRESH_SECONDS:
+    refresh = _refresh_seconds(protocol)
+    if now - getattr(protocol, "_broadcast_idle_at", 0.0) > refresh:
         protocol._broadcast_idle_at = now
         await protocol.send(_Updated(idle=True))  # restarts hypercorn's keep-alive timer
 
     async def read() -> bytes:
         return body
 
+    holding: list[asyncio.Task[None]] = []
+    slow = asyncio.get_running_loop().call_later(refresh, _hold_open, protocol, holding)
     app.publishing(1)
     try:
         status, headers, payload = await publisher.answer(authorization, length, read, path)
     finally:
+        slow.cancel()
         app.publishing(-1)
+        if holding:  # the timer was stopped: restart it, as hypercorn does after a request
+            await holding[0]
+            protocol._broadcast_idle_at = time.monotonic()
+            await protocol.send(_Updated(idle=True))
     protocol.keep_alive_requests += 1
     head = [b"HTTP/1.1 %d \r\n" % status]
     for name, value in (*headers, *protocol.config.response_headers("h11")):
@@ -174,6 +192,11 @@ async def _answer(
     head += (b"\r\n", payload)
     await protocol.send(_RawData(data=b"".join(head)))
     await protocol.context.mark_request()
+
+
+def _hold_open(protocol: Any, holding: list[asyncio.Task[None]]) -> None:
+    """An answer is taking long: stop hypercorn's keep-alive timer until it is sent."""
+    holding.append(asyncio.get_running_loop().create_task(protocol.send(_Updated(idle=False))))
 
 
 _h11: Any = None
