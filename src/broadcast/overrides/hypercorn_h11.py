@@ -54,7 +54,8 @@ under a request still being answered."""
 
 
 def _refresh_seconds(protocol: Any) -> float:
-    return min(IDLE_REFRESH_SECONDS, protocol.config.keep_alive_timeout / 4)
+    timeout: float = protocol.config.keep_alive_timeout
+    return min(IDLE_REFRESH_SECONDS, timeout / 4)
 
 
 class Publisher(Protocol):
