@@ -27,8 +27,14 @@ EXCLUDED: dict[str, str] = {}
 """Tests allowed to fail (they may pass), by full title, with why (each also justified in
 docs/socketio-conformance.md). None: every test of the suite passes."""
 
+HEARTBEAT = "Engine.IO protocol heartbeat"
+"""The suite's heartbeat tests: the client must answer each ping within the suite's 200 ms, and
+on a loaded CI machine the mocha process now and then does not (the server then closes the
+session, as it must, and the test waits for a ping that never comes). Those alone, when they
+alone failed, are run once more, and must pass then."""
 
-def run_mocha(url: str) -> dict[str, Any]:
+
+def run_mocha(url: str, grep: str | None = None) -> dict[str, Any]:
     node = shutil.which("node")
     if node is None or not MOCHA.exists():
         pytest.fail(
@@ -36,7 +42,14 @@ def run_mocha(url: str) -> dict[str, Any]:
             "node_modules: run scripts/setup --dev"
         )
     finished = subprocess.run(
-        [node, str(MOCHA), "--reporter", "json", "test-suite.js"],
+        [
+            node,
+            str(MOCHA),
+            "--reporter",
+            "json",
+            *(["--grep", grep] if grep else []),
+            "test-suite.js",
+        ],
         cwd=SUITE,
         env={**os.environ, "PROTOCOL_SUITE_URL": url},
         capture_output=True,
@@ -59,10 +72,20 @@ def test_the_socketio_protocol_suite_passes(start_server: StartServer, artifacts
     )
     report = run_mocha(server.url)
     (artifacts / "protocol-suite.json").write_text(json.dumps(report, indent=2))
-    failed = {test["fullTitle"]: test["err"].get("message", "") for test in report["failures"]}
-    unexpected = {title: why for title, why in failed.items() if title not in EXCLUDED}
+    unexpected = failures(report)
+    if unexpected and all(title.startswith(HEARTBEAT) for title in unexpected):
+        again = run_mocha(server.url, grep=HEARTBEAT)
+        (artifacts / "protocol-suite-heartbeat-again.json").write_text(json.dumps(again, indent=2))
+        assert again["stats"]["tests"] >= len(unexpected), again["stats"]
+        unexpected = failures(again)
     assert unexpected == {}, f"protocol suite failures (server log: {server.log_path})"
     assert report["stats"]["pending"] == 0
     ran = {test["fullTitle"] for test in report["tests"]}
     assert len(ran) >= TESTS_IN_SUITE, sorted(ran)
     assert set(EXCLUDED) <= ran, "an excluded test is no longer in the suite: update EXCLUDED"
+
+
+def failures(report: dict[str, Any]) -> dict[str, str]:
+    """The failed tests of a mocha report not in ``EXCLUDED``: why each failed, by full title."""
+    failed = {test["fullTitle"]: test["err"].get("message", "") for test in report["failures"]}
+    return {title: why for title, why in failed.items() if title not in EXCLUDED}
