@@ -13,11 +13,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "RECOVERY_RESULTS", "Metrics"]
 
-RECOVERY_RESULTS = ("recovered", "no_session", "offset", "malformed", "live", "lost")
+RECOVERY_RESULTS = ("recovered", "no_session", "offset", "malformed", "live", "identity", "lost")
 """How a Socket.IO recovery attempt ended: ``recovered``; or refused (a fresh session) because
 no session was kept under the pid (unknown, expired, already taken, store unavailable), the
 offset is no longer held (or over the replay budget), the pid or offset is malformed, the sid is
-still live, or the missed events went while the client was being registered (``lost``)."""
+still live, the client came back as someone else (another name, or a token that no longer
+grants one of its private channels: ``identity``), or the missed events went while the client
+was being registered (``lost``)."""
 
 
 class Metrics:

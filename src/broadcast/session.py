@@ -125,6 +125,14 @@ class Sessions:
             self._refused.inc()
             raise
 
+    def verified(self, declared: object, token: object) -> Who | None:
+        """Who the client is, or ``None`` when its credentials are refused (not counted: the
+        caller only compares, and the connection that follows is refused and counted)."""
+        try:
+            return self._identity.verify(declared, token)
+        except Refused:
+            return None
+
     def join(self, client: Client) -> bool:
         """Count ``client`` in; true if the new count went out at once (it is then in its
         audience), false if it waits for the conflation window (tell the client yourself:

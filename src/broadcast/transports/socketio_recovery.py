@@ -4,11 +4,13 @@ With ``BROADCAST_SOCKETIO_RECOVERY`` on, every client gets a private session id 
 CONNECT ack and every event with an id carries it as a last argument (the offset; our ids, so
 SSE ``Last-Event-ID`` and Socket.IO offsets name the same positions). A client whose transport
 was cut comes back with ``40{"pid", "offset", ...}``; when its session was kept (an abnormal
-close, within ``BROADCAST_SOCKETIO_RECOVERY_MAX_DISCONNECTION_MS``) and every event it missed is
-still held, it gets its old sid back, its identity and channels, the missed events of its
-channels in order, then the CONNECT ack with the same sid and pid (``socket.recovered``).
-Otherwise a fresh session. Sessions live in ``recovery.py``'s store (in process, or Redis with a
-TTL, so another node can restore them).
+close, within ``BROADCAST_SOCKETIO_RECOVERY_MAX_DISCONNECTION_MS``), every event it missed is
+still held and it comes back as the same client (its credentials, checked again, name the same
+user and still grant its private channels), it gets its old sid back, its name and channels
+(with the grants of the token it came back with), the missed events of its channels in order,
+then the CONNECT ack with the same sid and pid (``socket.recovered``). Otherwise a fresh
+session. Sessions live in ``recovery.py``'s store (in process, or Redis with a TTL, so another
+node can restore them).
 
 Counts: a client that drops leaves the count at once and joins again when it recovers, as any
 reconnecting client: a closed tab must not stay "online" for the recovery window, and each node
@@ -31,7 +33,9 @@ from typing import Any
 
 from engineio import packet as eio_packet
 
+from broadcast.channels import Grant
 from broadcast.events import parse_event_id
+from broadcast.identity import Who
 from broadcast.overrides.engineio_wire import Frame
 from broadcast.overrides.socketio import NAMESPACE, GuardedServer
 from broadcast.recovery import PID, KeptSession, SessionStore, new_pid
@@ -53,6 +57,8 @@ class Restoring:
     session: KeptSession
     offset: str
     probe: Missed
+    grant: Grant
+    """What the token it came back with grants (it may have been renewed meanwhile)."""
 
 
 class Recovery:
@@ -109,14 +115,28 @@ class Recovery:
         if self._server.manager.eio_sid_from_sid(session.sid, NAMESPACE) is not None:
             self._outcome("live")  # never two connections under one sid
             return None
+        who = self._sessions.verified(data.get("username"), data.get("token"))
+        if who is None or not self._same_client(session, who):
+            self._outcome("identity")
+            return None
         probe = await missed_since(
             self._sessions.broker, offset, self._budget, list(session.channels)
         )
         if probe.gap is not None:
             self._outcome("offset")  # not all held: a fresh session
             return None
-        self.restoring[eio_sid] = Restoring(session, offset, probe)
+        self.restoring[eio_sid] = Restoring(session, offset, probe, who.grant)
         return session.sid
+
+    def _same_client(self, session: KeptSession, who: Who) -> bool:
+        """Whether a client coming back as ``who`` may have ``session`` back: the same name, and
+        a token that still grants each of its private channels (a renewed token may grant
+        more, or other channels; one that no longer grants what it holds gets a fresh session,
+        and subscribes again as any newcomer)."""
+        policy = self._sessions.policy
+        return who.username == session.username and all(
+            who.grant.allows(name) for name in session.channels if policy.is_private(name)
+        )
 
     async def _take_over(self, pid: str) -> None:
         sid = self.live.get(pid)
@@ -135,7 +155,7 @@ class Recovery:
         """The client of a restored session (admitted when it first connected)."""
         session = restoring.session
         client = SocketIOClient(eio_sid, address, session.username, restoring.offset, 0, rate)
-        client.grant = session.grant()
+        client.grant = restoring.grant
         client.pid = session.pid
         return client
 
