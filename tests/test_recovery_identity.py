@@ -27,7 +27,9 @@ from tests.recovery_support import (
     publish_meanwhile,
     recovery_settings,
     subscribed,
+    subscribers,
 )
+from tests.tcp_proxy import tcp_proxy
 
 pytestmark = pytest.mark.timeout(60)
 SECRET = "recovery-identity-secret-0123456789abcdef"
@@ -132,4 +134,28 @@ async def test_anyone_else_gets_a_fresh_session(
         await assert_refused(client, server.url, first, mark)
         assert (await client.state())["pid"] != first["pid"], "a fresh session, a fresh pid"
     await subscribed(server.url, 0, PRIVATE)
+    assert refused_for_identity(server.url) == 1
+
+
+async def test_someone_else_with_its_pid_never_takes_over_a_live_connection(
+    start_server: StartServer,
+) -> None:
+    """The server still holds a client's connection (its link died unnoticed). A claim of its
+    pid by another user leaves that connection alone: only its own client may take it over."""
+    server = start_server(recovery_settings())
+    options = {"auth": {"channels": [CHANNEL], "username": "ada"}, "reconnection": False}
+    async with (
+        tcp_proxy(server.url) as proxy,
+        node_sio(proxy.url, transports=["websocket"], **options) as client,
+    ):
+        first, _ = await connected_with_one_event(client, server.url)
+        mark = client.mark()
+        proxy.drop_client_side()
+        await client.disconnection(mark)
+        assert await subscribers(server.url) == 1, "the server has not noticed"
+        await come_back_as(client, {"channels": [CHANNEL], "username": "bob"})
+        again = await client.connection(mark)
+        assert again["recovered"] is False, again
+        assert again["id"] != first["id"]
+        await subscribed(server.url, 2)  # the old connection is still there, and the new one
     assert refused_for_identity(server.url) == 1

@@ -136,6 +136,7 @@ class SocketIOTransport:
                 self._writer,
                 replay_budget(settings.client_buffer_bytes),
                 broker.metrics.recoveries,
+                self._clients,
             )
             self.server.claim_sid = recovery.claim
             self.server.private_id = self._private_id

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,8 +71,11 @@ class Recovery:
         writer: Writer,
         budget: int,
         metrics: Any,
+        clients: Mapping[str, SocketIOClient],
     ) -> None:
         self._server = server
+        self._clients = clients
+        """The transport's connected clients, by sid."""
         self._sessions = sessions
         self._store = store
         self._writer = writer
@@ -107,7 +111,10 @@ class Recovery:
         if not isinstance(offset, str) or parse_event_id(offset) is None:
             self._outcome("offset")
             return None
-        await self._take_over(pid)
+        who = self._sessions.verified(data.get("username"), data.get("token"))
+        if who is None or not await self._take_over(pid, who):
+            self._outcome("identity")
+            return None
         session = await self._store.take(pid)
         if session is None:
             self._outcome("no_session")
@@ -115,8 +122,7 @@ class Recovery:
         if self._server.manager.eio_sid_from_sid(session.sid, NAMESPACE) is not None:
             self._outcome("live")  # never two connections under one sid
             return None
-        who = self._sessions.verified(data.get("username"), data.get("token"))
-        if who is None or not self._same_client(session, who):
+        if not self._same_client(session.username, session.channels, who):
             self._outcome("identity")
             return None
         probe = await missed_since(
@@ -128,28 +134,35 @@ class Recovery:
         self.restoring[eio_sid] = Restoring(session, offset, probe, who.grant)
         return session.sid
 
-    def _same_client(self, session: KeptSession, who: Who) -> bool:
-        """Whether a client coming back as ``who`` may have ``session`` back: the same name, and
-        a token that still grants each of its private channels (a renewed token may grant
-        more, or other channels; one that no longer grants what it holds gets a fresh session,
-        and subscribes again as any newcomer)."""
+    def _same_client(self, username: str | None, channels: Iterable[str], who: Who) -> bool:
+        """Whether a client coming back as ``who`` is the one that was ``username`` in
+        ``channels``: the same name, and a token that still grants each of its private channels
+        (a renewed token may grant more, or other channels; one that no longer grants what it
+        holds gets a fresh session, and subscribes again as any newcomer)."""
         policy = self._sessions.policy
-        return who.username == session.username and all(
-            who.grant.allows(name) for name in session.channels if policy.is_private(name)
+        return who.username == username and all(
+            who.grant.allows(name) for name in channels if policy.is_private(name)
         )
 
-    async def _take_over(self, pid: str) -> None:
+    async def _take_over(self, pid: str, who: Who) -> bool:
+        """Close the connection still open here under ``pid`` (its link died unnoticed), so
+        that its session is kept for the claim; false, leaving it open, when ``who`` is not its
+        client."""
         sid = self.live.get(pid)
         if sid is None:
-            return
+            return True
+        client = self._clients.get(sid)
+        if client is not None and not self._same_client(client.username, client.channels, who):
+            return False
         eio_sid = self._server.manager.eio_sid_from_sid(sid, NAMESPACE)
         socket = self._server.eio.sockets.get(eio_sid) if eio_sid is not None else None
         if socket is None or socket.closed:
-            return
+            return True
         with contextlib.suppress(Exception):
             await socket.close(wait=False, abort=True, reason=REPLACED)
             socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
             socket.queue.put_nowait(None)
+        return True
 
     def client(self, restoring: Restoring, eio_sid: str, address: str, rate: Any) -> Any:
         """The client of a restored session (admitted when it first connected)."""
