@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from itertools import chain, islice
@@ -102,7 +101,7 @@ class Passes(Generic[T]):
         subscriber = self.subscriber
         batch = subscriber.take() if self._behind else await subscriber.next_batch()
         if batch:
-            self.cadence.came(time.monotonic(), batch)
+            self.cadence.came(clock(), batch)
             self._since = self._since if self._behind else subscriber.batch_since
             self.log.add(subscriber.offered - len(batch), self._encode(batch))
         self._behind, self._joined_since = False, 0.0
@@ -114,7 +113,7 @@ class Passes(Generic[T]):
         subscriber = self.subscriber
         more = subscriber.take()
         if more:
-            self.cadence.came(time.monotonic(), more)
+            self.cadence.came(clock(), more)
             self._joined_since = self._joined_since or subscriber.batch_since
             self.log.add(subscriber.offered - len(more), self._encode(more))
             self._behind = True
@@ -126,7 +125,7 @@ class Passes(Generic[T]):
         those that joined it are kept for the next pass (some clients were visited before they
         came). A client a pass did not visit may hold an older position: the log starts later,
         and nothing before its start was owed to it."""
-        waited = time.monotonic() - self._since
+        waited = clock() - self._since
         self._since = self._joined_since
         self.log.trim(self._first_joined)
         return waited
