@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import kit
+from bench import floor, kit
 from bench.host import core_busy_ms, foreign_cpu, loadavg, machine
 from bench.options import NODE_MAX_CLIENTS, OURS_ONLY
 from bench.report import dig
@@ -41,6 +41,7 @@ class Bench:
         self.runs: list[dict[str, Any]] = []
         self.node_error: str | None = None
         self.peer_dir: Path | None = None
+        self.floor: dict[str, Any] | None = None
 
     def cases(self) -> list[tuple[str, str, int, list[str], float]]:
         """(scenario, case label, clients, extra loadgen args, timeout s) in run order."""
@@ -258,6 +259,8 @@ class Bench:
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         log(f"{len(cases)} case(s) x {len(targets)} server(s); results -> {o.out_dir}")
         for scenario, case, n, args, timeout in cases:
+            if scenario == "ch-fanout" and self.floor is None:
+                self.floor = self.measure_floor()
             for target in targets:
                 if (
                     scenario in OURS_ONLY
@@ -297,7 +300,18 @@ class Bench:
             }
             | {"target_pid": o.target_pid, "node_error": self.node_error},
             "runs": self.runs,
-        }
+        } | ({"floor": self.floor} if self.floor is not None else {})
+
+    def measure_floor(self) -> dict[str, Any]:
+        """The machine's CPU per bare loopback write, before the first ``ch-fanout`` case
+        (``bench/floor.py``): what its latency target costs this machine before any server."""
+        o = self.o
+        per_event = max(1, o.ch_clients // o.ch_fanout_channels)
+        result: dict[str, Any] = floor.run(
+            o.server_core, o.loadgen_core, o.ch_clients, per_event, o.ch_rate
+        )
+        log(f"machine floor: {result}")
+        return result
 
 
 def drive(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench import report
+from bench import floor, report
 from bench.options import CHANNELS, DEFAULT_SCENARIOS
 
 from tests.support import PROJECT_ROOT
@@ -88,6 +88,13 @@ def test_bench_runs_the_channel_scenarios_cleanly() -> None:
     assert many["server_channels"]["mismatched"] == 0
     for metric in ("deliveries/s", "all others / 100 others", "RSS per connection (KB)"):
         assert metric in result.stdout
+    # the machine's floor, measured before the first ch-fanout case (bench/floor.py)
+    machine = json.loads(Path(written[-1].split("results: ")[1].strip()).read_text())["floor"]
+    assert machine["per_event"] == 10
+    assert machine["paced_writes"] == machine["back_to_back_writes"] == 1000 * 10
+    assert machine["paced_us_per_write"] > 0
+    assert machine["back_to_back_us_per_write"] > 0
+    assert "bare loopback write, paced, CPU (µs)" in result.stdout
 
 
 def run(scenario: str, target: str, clients: int, result: dict[str, Any]) -> dict[str, Any]:
@@ -142,6 +149,7 @@ def test_the_channel_targets_say_met_or_by_how_much_they_are_missed() -> None:
     fan = {"missing": 0, "outOfOrder": 0, "duplicates": 0, "malformed": 0, "foreign": 0}
     results: dict[str, Any] = {
         "config": {},
+        "floor": {"paced_us_per_write": 17.23, "paced_share": 0.862},
         "runs": [
             run("ch-storm", "ours", 5000, {"convergeMs": {"connect": 9000}}),
             run("ch-storm", "node", 5000, {"convergeMs": {"connect": 150_000}}),
@@ -196,7 +204,12 @@ def test_the_channel_targets_say_met_or_by_how_much_they_are_missed() -> None:
             },
         ],
     }
-    verdicts = {target: verdict for target, _, verdict in report.target_rows(results)}
+    rows = report.target_rows(results)
+    verdicts = {target: verdict for target, _, verdict in rows}
+    paced = next(measured for target, measured, _ in rows if "at 500/s" in target)
+    assert paced.endswith(
+        "machine floor: bare writes alone take 86 % of the core at this rate (17.23 µs each)"
+    )
     assert verdicts == {
         "ch-storm N=5000: every client on its exact counts >= 20x faster than Node": "MISSED: "
         "16.7x of 20x",
@@ -210,3 +223,8 @@ def test_the_channel_targets_say_met_or_by_how_much_they_are_missed() -> None:
         "failed: 3 of 5000 subscribe acks not ok",
         "cold start to first connection < 1 s (median)": "met",
     }
+
+
+def test_the_floor_is_the_share_of_a_core_the_bare_writes_take() -> None:
+    assert floor.share(500, 100, 17.2) == pytest.approx(0.86)
+    assert floor.share(100, 10, 10) == pytest.approx(0.01)

@@ -50,16 +50,19 @@ async def test_a_crash_is_logged_counted_reported_down_and_the_task_restarted(
 
 
 async def test_a_task_is_down_between_its_crash_and_its_restart(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Set after the module was imported (as tests/faulty_app.py does): it must still apply.
     monkeypatch.setattr(supervisor_module, "FIRST_DELAY", 60.0)  # stays down for this test
     supervisor = Supervisor()
 
     async def broken() -> None:
         raise ValueError("bad state")
 
-    supervisor.start("sse-pump", broken)
-    await until(lambda: bool(supervisor.down), 5, "the crash to be reported")
+    with caplog.at_level(logging.ERROR, logger="broadcast.supervisor"):
+        supervisor.start("sse-pump", broken)
+        await until(lambda: bool(supervisor.down), 5, "the crash to be reported")
+    assert "restarting in 60.0 s" in caplog.records[0].getMessage()
     assert supervisor.down == {"sse-pump": "task sse-pump crashed: ValueError: bad state"}
     assert not supervisor.running("sse-pump")
     await supervisor.stop()  # cancels the wait before the restart

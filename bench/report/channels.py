@@ -182,7 +182,7 @@ def target_rows(results: dict[str, Any]) -> list[list[str]]:
     runs: list[Run] = results["runs"]
     return [
         *storm_targets(runs),
-        *fanout_targets(runs),
+        *fanout_targets(runs, results.get("floor")),
         *cost_targets(runs),
         *memory_targets(runs),
     ]
@@ -213,7 +213,17 @@ def storm_targets(runs: list[Run]) -> list[list[str]]:
     return rows
 
 
-def fanout_targets(runs: list[Run]) -> list[list[str]]:
+def floor_note(floor: Any) -> str:
+    """What the machine's bare writes alone take at the paced rate (``bench/floor.py``)."""
+    if not isinstance(floor, dict) or "paced_share" not in floor:
+        return ""
+    return (
+        f"; machine floor: bare writes alone take {floor['paced_share'] * 100:.0f} % of the "
+        f"core at this rate ({floor['paced_us_per_write']:g} µs each)"
+    )
+
+
+def fanout_targets(runs: list[Run], floor: Any = None) -> list[list[str]]:
     rows = []
     for ours, node in ours_with_node(runs, "ch-fanout"):
         if ours["clients"] < 5000:
@@ -243,7 +253,7 @@ def fanout_targets(runs: list[Run]) -> list[list[str]]:
                     [
                         name,
                         f"p99 {p99:.1f} ms at {rate(ours)} publishes/s; lost + out of order + dup "
-                        f"+ foreign {bad}",
+                        f"+ foreign {bad}{floor_note(floor)}",
                         _verdict(
                             p99 < 50 and bad == 0 and ours["ok"],
                             f"{p99 - 50:.0f} ms ({(p99 - 50) / 50 * 100:.0f} %) over"

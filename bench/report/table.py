@@ -44,7 +44,7 @@ def ratio(ours: Any, node: Any, better: str) -> str:
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
     """[scenario, metric, ours, node, ours/node] rows, in run order."""
     runs: list[Run] = results["runs"]
-    rows = startup_rows(runs)
+    rows = startup_rows(runs) + floor_rows(results.get("floor"))
     seen: list[tuple[str, str]] = []
     for r in runs:
         key = (r["scenario"], r["case"])
@@ -99,6 +99,19 @@ def startup_rows(runs: list[Run]) -> list[list[str]]:
                 ratio(mx["ours"], mx["node"], "lower"),
             ]
         )
+    return rows
+
+
+def floor_rows(floor: Any) -> list[list[str]]:
+    """The machine's floor for a fan-out (``bench/floor.py``): the same for both servers."""
+    if not isinstance(floor, dict):
+        return []
+    if "error" in floor:
+        return [["machine", "bare loopback write: not measured", str(floor["error"])[:60], "", ""]]
+    rows = []
+    for mode, label in (("paced", "paced"), ("back_to_back", "back to back")):
+        us = floor.get(f"{mode}_us_per_write")
+        rows.append(["machine", f"bare loopback write, {label}, CPU (µs)", fmt(us), fmt(us), ""])
     return rows
 
 

@@ -43,7 +43,8 @@ class _Supervised:
     down_since: float | None = None
     reason: str | None = None
     crashes: int = 0
-    delay: float = FIRST_DELAY
+    # Read when the task starts, not when this class is made: FIRST_DELAY is the one setting.
+    delay: float = field(default_factory=lambda: FIRST_DELAY)
     started: float = field(default_factory=time.monotonic)
 
 
