@@ -62,12 +62,13 @@ def measure(
     writer_core: int, reader_core: int, clients: int, per_event: int, rate: float, seconds: float
 ) -> dict[str, Any]:
     """CPU per write, paced (``rate`` events/s, each to the next ``per_event`` sockets, the
-    readers idle in between: every write wakes one) and back to back (the same writes with no
-    pause: readers often still awake)."""
+    reader idle in between, so an event's writes wake it) and back to back (the same writes
+    with no pause: the reader mostly still awake)."""
     os.sched_setaffinity(0, {writer_core})
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(min(clients, 4096))
+    listener.settimeout(30)  # a reader that failed to connect them all: fail, do not hang
     port = listener.getsockname()[1]
     reader = subprocess.Popen(
         [sys.executable, "-m", "bench.floor", "--read", str(port), str(clients), str(reader_core)],
@@ -75,9 +76,12 @@ def measure(
         text=True,
         cwd=ROOT,
     )
-    conns = [listener.accept()[0] for _ in range(clients)]
-    listener.close()
+    conns: list[socket.socket] = []
     try:
+        conns += (listener.accept()[0] for _ in range(clients))
+        listener.close()
+        for c in conns:
+            c.setblocking(True)  # the listener's timeout is not for them: plain blocking writes
         assert reader.stdout is not None
         if reader.stdout.readline().strip() != "ready":
             raise RuntimeError("the reader did not start")
@@ -105,10 +109,12 @@ def measure(
     finally:
         for c in conns:
             c.close()
+        listener.close()
         try:
             reader.wait(timeout=30)
         except subprocess.TimeoutExpired:
             reader.kill()
+            reader.wait()
 
 
 def run(writer_core: int, reader_core: int, clients: int, per_event: int, rate: float) -> Any:
