@@ -8,6 +8,7 @@ import os
 import platform
 import resource
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,16 +73,60 @@ def loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
-def core_busy_ms() -> dict[int, float]:
-    """CPU time spent busy (not idle or iowait) on each core since boot, from /proc/stat."""
-    tick = 1000 / os.sysconf("SC_CLK_TCK")
-    busy = {}
+def _core_ticks() -> dict[int, list[int]]:
+    """Each core's /proc/stat fields (user nice system idle iowait irq softirq steal ...)."""
+    out = {}
     for line in Path("/proc/stat").read_text().splitlines():
         name, *fields = line.split()
         if name.startswith("cpu") and name != "cpu":
-            v = [int(x) for x in fields]
-            busy[int(name[3:])] = (sum(v[:8]) - v[3] - v[4]) * tick
-    return busy
+            out[int(name[3:])] = [int(x) for x in fields]
+    return out
+
+
+def core_busy_ms() -> dict[int, float]:
+    """CPU time spent busy (not idle or iowait) on each core since boot, from /proc/stat; steal
+    (the hypervisor running something else on the core) counts as busy."""
+    tick = 1000 / os.sysconf("SC_CLK_TCK")
+    return {core: (sum(v[:8]) - v[3] - v[4]) * tick for core, v in _core_ticks().items()}
+
+
+def core_steal_ms() -> dict[int, float]:
+    """CPU time the hypervisor took from each core since boot (/proc/stat's steal)."""
+    tick = 1000 / os.sysconf("SC_CLK_TCK")
+    return {core: (v[7] if len(v) > 7 else 0) * tick for core, v in _core_ticks().items()}
+
+
+def per_core_pct(
+    before: dict[int, float], after: dict[int, float], wall_ms: float, cores: list[int]
+) -> dict[str, float]:
+    """What ``after - before`` is of ``wall_ms`` on each of ``cores``, in percent."""
+    return {
+        f"core{c}": round(max(0.0, after.get(c, 0.0) - before.get(c, 0.0)) / wall_ms * 100, 1)
+        for c in cores
+    }
+
+
+QUIET_PCT = 10.0
+"""A benchmark core busier than this (in percent) before a run is not quiet yet."""
+
+
+def wait_quiet(cores: list[int], limit_s: float = 60.0, window_s: float = 1.0) -> dict[str, Any]:
+    """Wait until each of ``cores`` was under ``QUIET_PCT`` busy over one ``window_s`` (the last
+    run's processes gone, and whatever the machine did after them: a 3 GB Node process exiting,
+    the kernel reclaiming its memory), at most ``limit_s``: how long it waited and how busy each
+    core was over the last window."""
+    waited = 0.0
+    while True:
+        before, t0 = core_busy_ms(), time.perf_counter()
+        time.sleep(window_s)
+        wall_ms = (time.perf_counter() - t0) * 1000
+        busy = per_core_pct(before, core_busy_ms(), wall_ms, cores)
+        waited += wall_ms / 1000
+        quiet = all(pct < QUIET_PCT for pct in busy.values())
+        if quiet or waited >= limit_s:
+            if not quiet:
+                log(f"WARNING: the benchmark's cores are still busy after {waited:.0f} s: {busy}")
+            return {"waited_s": round(waited, 1), "busy_pct": busy, "quiet": quiet}
 
 
 def foreign_cpu(

@@ -127,6 +127,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--worker-class", default="asyncio", choices=("asyncio", "uvloop"), help="hypercorn's loop"
     )
+    p.add_argument(
+        "--quiet-limit",
+        type=float,
+        default=None,
+        help="seconds to wait for quiet cores before each case; a disturbed case runs again "
+        "(default 60; quick: 0, neither)",
+    )
     p.add_argument("--out-dir", type=Path, default=BENCH / "results")
     return p
 
@@ -154,6 +161,7 @@ def resolve(o: argparse.Namespace, p: argparse.ArgumentParser) -> None:
     o.soak_seconds = o.soak_seconds or (20.0 if q else 600.0)
     o.soak_clients = o.soak_clients or (200 if q else 2000)
     o.soak_report = o.soak_report or (5.0 if q else 30.0)
+    o.quiet_limit = o.quiet_limit if o.quiet_limit is not None else (0.0 if q else 60.0)
     full = o.ch_full
     o.ch_clients = o.ch_clients or (200 if q else 5000 if full else 1000)
     o.ch_storm_channels = o.ch_storm_channels or max(1, o.ch_clients // 10)

@@ -3,6 +3,7 @@ here: targets live in the benchmark, never in a timed test)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -11,7 +12,9 @@ from typing import Any
 
 import pytest
 from bench import floor, report
+from bench.host import QUIET_PCT, wait_quiet
 from bench.options import CHANNELS, DEFAULT_SCENARIOS
+from bench.runner import Bench
 
 from tests.support import PROJECT_ROOT
 
@@ -228,3 +231,32 @@ def test_the_channel_targets_say_met_or_by_how_much_they_are_missed() -> None:
 def test_the_floor_is_the_share_of_a_core_the_bare_writes_take() -> None:
     assert floor.share(500, 100, 17.2) == pytest.approx(0.86)
     assert floor.share(100, 10, 10) == pytest.approx(0.01)
+
+
+def test_a_run_others_disturbed_is_named_and_an_undisturbed_one_is_not() -> None:
+    o = argparse.Namespace(server_core=0, loadgen_core=1, out_dir=PROJECT_ROOT / "bench")
+    bench = Bench(o, "test")
+    # As an undisturbed ch-cost run reads: the load generator's uncounted start-up.
+    quiet = {
+        "ok": True,
+        "foreign_cpu_pct": {"core0": 9.7, "core1": 10.7},
+        "steal_pct": {"core0": 1.0, "core1": 2.0},
+    }
+    assert bench.disturbance(quiet) is None
+    busy = bench.disturbance({**quiet, "foreign_cpu_pct": {"core0": 19.9, "core1": 1.0}})
+    assert busy is not None
+    assert "19.9%" in busy
+    # Others on the load generator's core only: its own figures say whether it kept up.
+    assert bench.disturbance({**quiet, "foreign_cpu_pct": {"core0": 1.0, "core1": 40.0}}) is None
+    stolen = bench.disturbance({**quiet, "steal_pct": {"core0": 0.0, "core1": 8.0}})
+    assert stolen is not None
+    assert "steal" in stolen
+    failed = {**quiet, "ok": False, "foreign_cpu_pct": {"core0": 50.0}}
+    assert bench.disturbance(failed) is None, "a failure is reported, not run again"
+
+
+def test_waiting_for_quiet_cores_is_bounded_and_says_how_busy_they_were() -> None:
+    quiet = wait_quiet([0], limit_s=0.3, window_s=0.1)
+    assert 0.1 <= quiet["waited_s"] <= 1.0, quiet
+    assert set(quiet["busy_pct"]) == {"core0"}
+    assert quiet["quiet"] == (quiet["busy_pct"]["core0"] < QUIET_PCT)

@@ -61,6 +61,15 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
             failed = pair.get(name)
             if failed is not None and not failed["ok"]:
                 rows.append([label, f"FAILED ({name})", str(failed.get("error"))[:60], "", ""])
+        for name in ("ours", "node"):
+            run = pair.get(name) or {}
+            # Run again when the first try was disturbed (bench/runner.py): say so, and say
+            # when the second was too (its figures then say little about the server).
+            if run.get("disturbed"):
+                rows.append([label, f"DISTURBED ({name})", str(run["disturbed"])[:80], "", ""])
+            elif run.get("disturbed_first_try"):
+                why = str(run["disturbed_first_try"])[:70]
+                rows.append([label, f"run again ({name})", f"first try: {why}", "", ""])
         for metric, get, better in METRICS[scenario]:
             a = get(ours) if ours else None
             b = get(node) if node else None

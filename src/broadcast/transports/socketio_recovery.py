@@ -152,7 +152,12 @@ class Recovery:
         if sid is None:
             return True
         client = self._clients.get(sid)
-        if client is not None and not self._same_client(client.username, client.channels, who):
+        if client is None:
+            # Not a client here (any more): nothing of its to close, and nobody to compare
+            # ``who`` with, so nothing is closed on the word of a pid alone.
+            del self.live[pid]
+            return True
+        if not self._same_client(client.username, client.channels, who):
             return False
         eio_sid = self._server.manager.eio_sid_from_sid(sid, NAMESPACE)
         socket = self._server.eio.sockets.get(eio_sid) if eio_sid is not None else None
