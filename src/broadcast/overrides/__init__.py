@@ -9,11 +9,13 @@ the app starts (``choose``), each pinned to the minor versions tested (``pyproje
   reads, before h11; without it, the ASGI path (``publish_lean.py``): the same answers, slower.
 - ``socketio_rooms.py`` makes a Socket.IO disconnect O(1), not O(clients); without it,
   python-socketio's own manager: slower drains and churn.
+- ``engineio_ping.py`` pings every Socket.IO client from one task; without it, python-engineio's
+  own heartbeat: a task per ping, and more CPU for idle clients.
 - ``engineio.py`` and ``socketio.py`` make python-engineio and python-socketio conform to the
   protocol and stand hostile input (docs/socketio-conformance.md), count each client's queued
   bytes, and replay after CONNECT. Correctness depends on them: no public path does the same.
 
-``BROADCAST_OVERRIDES=false`` turns off the first four (the test suite runs the transport tests
+``BROADCAST_OVERRIDES=false`` turns off the first five (the test suite runs the transport tests
 once that way); the last two are not optional, and a python-socketio or python-engineio whose
 internals moved stops the server at startup with a message saying so.
 """
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 
 from broadcast.overrides import (
     engineio,
+    engineio_ping,
     hypercorn,
     hypercorn_h11,
     socketio,
@@ -48,6 +51,7 @@ class Overrides:
     sse_response: type[WatchedResponse]
     indexed_rooms: bool
     wire_publish: bool
+    swept_pings: bool
 
 
 def choose(enabled: bool) -> Overrides:
@@ -66,10 +70,14 @@ def choose(enabled: bool) -> Overrides:
         logger.info(
             "dependency overrides off (BROADCAST_OVERRIDES=false): no direct writes, "
             "sse-starlette's own streams, python-socketio's own client manager, publishes "
-            "through h11"
+            "through h11, python-engineio's own pings"
         )
         return Overrides(
-            hypercorn.no_socket, PublicResponse, indexed_rooms=False, wire_publish=False
+            hypercorn.no_socket,
+            PublicResponse,
+            indexed_rooms=False,
+            wire_publish=False,
+            swept_pings=False,
         )
     find_socket: hypercorn.SocketFinder = hypercorn.socket_of
     sse_response: type[WatchedResponse] = LeanResponse
@@ -87,4 +95,8 @@ def choose(enabled: bool) -> Overrides:
     if (problem := hypercorn_h11.install()) is not None:
         logger.warning("publishes through h11: %s", problem)
         wire_publish = False
-    return Overrides(find_socket, sse_response, indexed_rooms, wire_publish)
+    swept_pings = True
+    if (problem := engineio_ping.check()) is not None:
+        logger.warning("python-engineio's own pings, a task each: %s", problem)
+        swept_pings = False
+    return Overrides(find_socket, sse_response, indexed_rooms, wire_publish, swept_pings)

@@ -23,6 +23,7 @@ from engineio.async_drivers import asgi as engineio_asgi
 from engineio.async_socket import AsyncSocket
 
 from broadcast.overrides.check import signatures
+from broadcast.overrides.engineio_ping import PingSweep, intercepted
 from broadcast.overrides.engineio_wire import (
     BAD_REQUEST,
     FORBIDDEN,
@@ -120,6 +121,16 @@ class EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         """Sessions with a websocket being opened or open (upgrades)."""
         self.upgrade_watchers: dict[str, asyncio.Event] = {}
         """Sessions whose upgrade a request waits on: set when the upgrade may have moved on."""
+        self.pings: PingSweep | None = None
+        """Every client's heartbeat in one task (``engineio_ping.py``); ``None``: python-engineio's
+        own, a task per ping."""
+
+    def start_background_task(self, target: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.pings is not None and not args and not kwargs:
+            target = intercepted(self.pings, target)
+            if target is None:  # a ping, now the sweep's
+                return None
+        return super().start_background_task(target, *args, **kwargs)
 
     async def disconnect(self, sid: str | None = None) -> None:
         if sid is None:

@@ -41,6 +41,7 @@ from broadcast.fanout import PUMP_BACKLOG, ChannelMembers, Pump
 from broadcast.limits import AddressLimit, SessionAdmission
 from broadcast.overrides import Overrides
 from broadcast.overrides.engineio import CONNECTION
+from broadcast.overrides.engineio_ping import PingSweep
 from broadcast.overrides.engineio_wire import ClientFaults, Frame, decodable
 from broadcast.overrides.socketio import (
     NAMESPACE,
@@ -99,6 +100,8 @@ class SocketIOTransport:
             # A disconnect in O(1), not O(clients) (``overrides/socketio_rooms.py``).
             client_manager=IndexedManager() if overrides.indexed_rooms else None,
         )
+        if overrides.swept_pings:  # every client's heartbeat in one task
+            self.server.eio.pings = PingSweep(self.server.eio)
         self.server.admit = self._admit
         self.server.on_session_closed = self._session_closed
         self.server.on_invalid_packet = self._on_invalid_packet
