@@ -277,7 +277,13 @@ class SendWatchdog:
     def sweep(self) -> int:
         """Expire every connection stuck in a write; how many."""
         now = time.monotonic()
-        stuck = [c for c in self._watched if c.stuck(now, self.timeout)]
+        timeout = self.timeout
+        # Most connections are neither in a write nor stalled: skip them without a call.
+        stuck = [
+            c
+            for c in self._watched
+            if (c.since is not None or c.stalled_since is not None) and c.stuck(now, timeout)
+        ]
         for connection in stuck:
             self._watched.discard(connection)
             connection.expire()
