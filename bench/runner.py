@@ -44,6 +44,10 @@ DISTURBED_STEAL_PCT = 5.0
 """Steal on a benchmark core above which a run counts as disturbed."""
 
 
+Case = tuple[str, str, int, list[str], float]
+"""(scenario, case label, clients, extra load generator arguments, timeout s)."""
+
+
 class Bench:
     def __init__(self, o: argparse.Namespace, stamp: str) -> None:
         self.o = o
@@ -57,10 +61,10 @@ class Bench:
         self.peer_dir: Path | None = None
         self.floor: dict[str, Any] | None = None
 
-    def cases(self) -> list[tuple[str, str, int, list[str], float]]:
+    def cases(self) -> list[Case]:
         """(scenario, case label, clients, extra loadgen args, timeout s) in run order."""
         o = self.o
-        out: list[tuple[str, str, int, list[str], float]] = []
+        out: list[Case] = []
         common = ["--sse-ratio", str(o.sse_ratio), "--concurrency", str(o.concurrency)]
         if "storm" in o.scenarios:
             for n in o.sizes:
@@ -96,10 +100,10 @@ class Bench:
             out.append(("soak", f"N={n} {d:g}s", n, args, d + 300 + 0.05 * n))
         return out
 
-    def channel_cases(self, common: list[str]) -> list[tuple[str, str, int, list[str], float]]:
+    def channel_cases(self, common: list[str]) -> list[Case]:
         """The channel scenarios' cases (docs/performance.md, "channels")."""
         o = self.o
-        out: list[tuple[str, str, int, list[str], float]] = []
+        out: list[Case] = []
         n = o.ch_clients
         # The Node peer's connect storm costs N^2 frames (~2 min at 5,000 here).
         storm_s = 60 + 5e-5 * n * n
@@ -157,36 +161,29 @@ class Bench:
                 targets.append(node_spec(o.server_core, peer))
         return targets
 
-    def run_measured(
-        self,
-        target: ServerSpec | str,
-        scenario: str,
-        case: str,
-        n: int,
-        args: list[str],
-        timeout: float,
-    ) -> dict[str, Any]:
+    def run_measured(self, target: ServerSpec | str, case: Case) -> dict[str, Any]:
         """One case on a quiet machine (``wait_quiet`` first); a run that something else
         disturbed (``disturbance``) is run once more, and the second kept, with what disturbed
         the first: a figure measured while another process or the hypervisor took the server's
         core says nothing about the server."""
         cores, limit = [self.o.server_core, self.o.loadgen_core], self.o.quiet_limit
         if limit <= 0:  # a smoke run (--quick): neither waits nor runs again
-            return self.run_one(target, scenario, case, n, args, timeout)
+            return self.run_one(target, *case)
         quiet = wait_quiet(cores, limit)
-        entry = self.run_one(target, scenario, case, n, args, timeout)
+        entry = self.run_one(target, *case)
         entry["quiet_before"] = quiet
         why = self.disturbance(entry)
         if why is None:
             return entry
-        log(f"{entry['target']}: {scenario} {case}: disturbed ({why}); running it again")
+        name = f"{entry['target']}: {case[0]} {case[1]}"
+        log(f"{name}: disturbed ({why}); running it again")
         quiet = wait_quiet(cores, limit)
-        again = self.run_one(target, scenario, case, n, args, timeout)
+        again = self.run_one(target, *case)
         again["quiet_before"] = quiet
         again["disturbed_first_try"] = why
         still = self.disturbance(again)
         if still is not None:
-            log(f"WARNING: {entry['target']}: {scenario} {case}: disturbed again ({still})")
+            log(f"WARNING: {name}: disturbed again ({still})")
             again["disturbed"] = still
         return again
 
@@ -201,7 +198,7 @@ class Bench:
         if foreign > DISTURBED_FOREIGN_PCT:
             return f"others used {foreign}% of the server's core"
         if steal > DISTURBED_STEAL_PCT:
-            return f"the hypervisor took {steal}% of a benchmark core (steal)"
+            return f"steal: the hypervisor took {steal}% of a benchmark core"
         return None
 
     def run_one(
@@ -344,7 +341,7 @@ class Bench:
                     )
                     continue
                 try:
-                    self.runs.append(self.run_measured(target, scenario, case, n, args, timeout))
+                    self.runs.append(self.run_measured(target, (scenario, case, n, args, timeout)))
                 except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                     # the server did not start, or loadgen.js's Node peer copy could not be made
                     name = target.name if isinstance(target, ServerSpec) else "ours"

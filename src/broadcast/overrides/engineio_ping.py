@@ -38,6 +38,7 @@ from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
 
+from broadcast.overrides.engineio_wire import direct_connection
 from broadcast.transports.framing import websocket_text
 
 PING_FRAME = websocket_text(b"2")
@@ -129,14 +130,8 @@ class PingSweep:
                 sockets.pop(sid, None)
 
     async def _ping(self, socket: Any) -> None:
-        connection = self._server.websockets.get(socket.sid)
-        if (
-            connection is not None
-            and socket.queue.idle
-            and socket.upgraded
-            and not socket.upgrading
-            and connection.writable
-        ):
+        connection = direct_connection(self._server.websockets, socket)
+        if connection is not None:
             connection.write(PING_FRAME, NO_BUDGET)
         else:  # polling, an upgrade, or behind what its writer has yet to send
             await socket.send(eio_packet.Packet(eio_packet.PING))

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 from engineio import packet as eio_packet
@@ -40,6 +41,23 @@ def packet_size(pkt: Any) -> int:
         return size
     data = getattr(pkt, "data", None)
     return len(data) if isinstance(data, str | bytes) else 1
+
+
+def direct_connection(websockets: Mapping[str, Any], socket: Any) -> Any:
+    """The connection a packet for ``socket`` may be written to directly now (``None``: queue
+    it for python-engineio's writer): its websocket, when nothing of the client's is on its way
+    through the writer (its queue idle, so the order holds), no upgrade is under way, and the
+    socket is open. The pump's events and the heartbeat's pings both ask here."""
+    connection = websockets.get(socket.sid)
+    if (
+        connection is not None
+        and socket.queue.idle
+        and socket.upgraded
+        and not socket.upgrading
+        and connection.writable
+    ):
+        return connection
+    return None
 
 
 class CountingQueue(asyncio.Queue[Any]):

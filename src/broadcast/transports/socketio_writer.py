@@ -19,7 +19,7 @@ from broadcast.events import ERROR, Event
 from broadcast.eviction import Evicted
 from broadcast.fanout import Span
 from broadcast.metrics import Metrics
-from broadcast.overrides.engineio_wire import Frame
+from broadcast.overrides.engineio_wire import Frame, direct_connection
 from broadcast.overrides.socketio import GuardedServer
 from broadcast.session import Client
 from broadcast.users import RateLimit
@@ -85,14 +85,8 @@ class Writer:
             )
         if not frames:
             return 0
-        connection = eio.websockets.get(eio_sid)
-        if (
-            connection is not None
-            and socket.queue.idle
-            and socket.upgraded
-            and not socket.upgrading
-            and connection.writable
-        ):
+        connection = direct_connection(eio.websockets, socket)
+        if connection is not None:
             if connection.write(data if data is not None else _websocket(frames), self._budget):
                 self._too_slow.append(eio_sid)
             return len(frames)
