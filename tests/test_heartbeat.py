@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import sys
 import time
 from typing import Any
 
@@ -18,7 +20,8 @@ from engineio.async_socket import AsyncSocket
 
 from broadcast.overrides.engineio_ping import PingSweep, intercepted, tick_for
 from tests.conftest import StartServer
-from tests.support import Server, until
+from tests.support import PROJECT_ROOT, Server, until
+from tests.test_metrics import scrape
 from tests.test_socketio_conformance import CLOSED, EIO, connected, raw_websocket
 
 pytestmark = pytest.mark.timeout(60)
@@ -130,9 +133,38 @@ def test_only_pings_and_the_service_task_are_taken_over() -> None:
     assert intercepted(sweep, socket._send_ping) is None
     assert len(sweep) == 1, "the ping is the sweep's now"
     server: Any = engineio.AsyncServer(async_mode="asgi")
-    assert intercepted(sweep, server._service_task) == sweep.run
+    assert intercepted(sweep, server._service_task) == sweep.until_shutdown
 
     async def other() -> None:
         return None
 
     assert intercepted(sweep, other) is other
+
+
+@pytest.mark.skipif(
+    os.environ.get("TEST_OVERRIDES") == "off", reason="the sweep is an override; off, no sweep"
+)
+async def test_a_crashed_heartbeat_is_logged_counted_reported_and_restarted(
+    start_server: StartServer,
+) -> None:
+    server = start_server(
+        {**FAST, "FAULTY_HEARTBEAT": "1", "PYTHONPATH": str(PROJECT_ROOT)},
+        command=[sys.executable, "-m", "hypercorn", "tests.faulty_app:app"],
+    )
+    async with raw_websocket(server) as ws:
+        await connected(ws)
+
+        def reasons() -> list[str]:
+            found: list[str] = httpx.get(f"{server.url}/readyz", timeout=5).json()["reasons"]
+            return found
+
+        crashed = "task socketio-heartbeat crashed: RuntimeError: injected fault: the heartbeat"
+        await until(lambda: reasons() == [crashed], 10, "/readyz to report the heartbeat down")
+        metrics = scrape(server.url)
+        assert metrics[("broadcast_task_crashes_total", (("task", "socketio-heartbeat"),))] == 1
+        await until(lambda: reasons() == [], 10, "the heartbeat to be restarted")
+    # Down for the test's 3 s restart delay, longer than this client's 500 ms allowance, so the
+    # first client was let go; clients are pinged again, and kept while they answer.
+    async with raw_websocket(server) as ws:
+        await connected(ws)
+        assert len(await pings_answered(ws, 6 * INTERVAL)) >= 3

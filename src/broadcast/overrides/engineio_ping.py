@@ -15,7 +15,8 @@ What it relies on (python-engineio 4.x): ``schedule_ping`` and the service task 
 through ``start_background_task`` with the bound methods ``AsyncSocket._send_ping`` and
 ``AsyncServer._service_task``; a socket waiting for its pong has ``last_ping`` set to when its
 ping went out; a websocket's writer waits on ``self.poll()`` (given one without its timeout
-here: ``_poll``); shutdown sets ``service_task_event`` and awaits the task. ``check`` looks at
+here: ``_poll``); shutdown sets ``service_task_event`` and awaits the service task. The sweep
+itself runs as one of the app's supervised tasks, ``socketio-heartbeat``. ``check`` looks at
 those when the app starts; without them (or with ``BROADCAST_OVERRIDES=false``), python-engineio
 pings as it always did.
 """
@@ -23,11 +24,9 @@ pings as it always did.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import inspect
 import itertools
-import logging
 import time
 import types
 from collections.abc import Callable
@@ -43,8 +42,6 @@ from broadcast.transports.framing import websocket_text
 
 PING_FRAME = websocket_text(b"2")
 """A PING packet as the WebSocket frame a direct write sends."""
-
-logger = logging.getLogger(__name__)
 
 NO_BUDGET = 1 << 62
 """A ping is never what puts a client over its buffer budget (the pump decides that)."""
@@ -68,8 +65,6 @@ class PingSweep:
         self._waiting: list[tuple[float, int, Any, float]] = []
         """(when its ping times out, -, socket, its ``last_ping``)."""
         self._next_cleanup = 0.0
-        self.failures = 0
-        """Sweeps that raised (logged; the next goes on)."""
 
     def __len__(self) -> int:
         return len(self._due) + len(self._waiting)
@@ -82,19 +77,21 @@ class PingSweep:
         heapq.heappush(self._due, (due, next(self._order), socket))
 
     async def run(self) -> None:
-        """Sweep every ``tick`` until shutdown sets the server's ``service_task_event``."""
+        """Sweep every ``tick`` for the server's life: a supervised task (``transports/
+        socketio.py``), so a crash is logged, counted, shown in ``/readyz`` and restarted, and
+        the heaps, kept here, carry on."""
+        server = self._server
+        tick = tick_for(server.ping_interval, server.ping_timeout)
+        while True:
+            await asyncio.sleep(tick)
+            await self.sweep(time.monotonic(), tick)
+
+    async def until_shutdown(self) -> None:
+        """What runs in python-engineio's service task's place (the sweep does its work):
+        waits for ``shutdown``, which sets ``service_task_event`` and awaits this."""
         server = self._server
         stop = server.service_task_event = server.create_event()
-        tick = tick_for(server.ping_interval, server.ping_timeout)
-        while not stop.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), tick)
-                break
-            try:
-                await self.sweep(time.monotonic(), tick)
-            except Exception:  # one client's fault must never stop every client's pings
-                logger.exception("the ping sweep failed; it goes on at the next tick")
-                self.failures += 1
+        await stop.wait()
 
     async def sweep(self, now: float, tick: float) -> None:
         """Send the pings due before the next sweep (``tick`` from ``now``), close the clients
@@ -172,14 +169,15 @@ async def _poll(self: Any) -> list[Any]:
 
 def intercepted(sweep: PingSweep, target: Callable[..., Any]) -> Callable[[], Any] | None:
     """What ``start_background_task(target)`` starts instead with the sweep on: nothing for a
-    socket's ping (the sweep sends it: ``None`` is returned, and the ping scheduled), the sweep
-    for the service task; ``target`` itself for anything else."""
+    socket's ping (the sweep sends it: ``None`` is returned, and the ping scheduled), a wait for
+    shutdown for the service task (the sweep, supervised, does its work); ``target`` itself for
+    anything else."""
     func = getattr(target, "__func__", None)
     if func is AsyncSocket._send_ping:
         sweep.schedule(target.__self__)  # type: ignore[attr-defined]
         return None
     if func is engineio.AsyncServer._service_task:
-        return sweep.run
+        return sweep.until_shutdown
     return target
 
 

@@ -185,9 +185,13 @@ class SocketIOTransport:
         # up where it was (the clients' positions count this subscriber's events).
         subscriber = self._subscriber = self._broker.subscribe(PUMP_BACKLOG, Overflow.DROP_OLDEST)
         supervisor.start("socketio-pump", lambda: self._run_pump(subscriber))
+        pings = self.server.eio.pings
+        if pings is not None:  # every client's heartbeat (``overrides/engineio_ping.py``)
+            supervisor.start("socketio-heartbeat", pings.run)
 
     async def stop(self) -> None:
         if self._supervisor is not None:
+            await self._supervisor.cancel("socketio-heartbeat")
             await self._supervisor.cancel("socketio-pump")
         if self._subscriber is not None:
             self._broker.unsubscribe(self._subscriber)
